@@ -24,7 +24,7 @@ def create_app(config: Settings | Mapping[str, object] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["kaiden.settings"] = settings
-    app.extensions["kaiden.db"] = Database(settings.database_url)
+    app.extensions["kaiden.db"] = Database(settings.database_url, settings.encryption_key)
     logging.getLogger("kaiden").setLevel(settings.log_level.upper())
 
     from portal import web

@@ -30,7 +30,7 @@ class Base(DeclarativeBase):
 class Database:
     """An engine and its session factory; one per app (and one per worker process)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, encryption_key: str | None = None) -> None:
         self.url = url
         kwargs: dict = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
@@ -38,6 +38,10 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        if encryption_key:
+            from portal.crypto import install_encryption
+
+            install_encryption(self.engine, encryption_key)
         self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
 
     @contextmanager
