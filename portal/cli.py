@@ -82,6 +82,7 @@ def up_command(host: str | None, port: int | None) -> None:
     env = dict(os.environ)
     env["KAIDEN_HOME"] = str(settings.home)
     env["KAIDEN_REDIS_URL"] = queue.redis_url(settings)
+    click.echo(f"redis: {env['KAIDEN_REDIS_URL']}")
     env["KAIDEN_DATABASE_URL"] = settings.database_url
     children = [
         subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env),
