@@ -75,6 +75,7 @@ def up_command(host: str | None, port: int | None) -> None:
     from portal import bootstrap, queue
 
     settings = settings_of(current_app)
+    _hold_data_dir_lock(settings.home)
     report = bootstrap.initialize(current_app)
     for line in report:
         click.echo(line)
@@ -109,6 +110,22 @@ def up_command(host: str | None, port: int | None) -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
         queue.shutdown_embedded()
+
+
+def _hold_data_dir_lock(home: Path) -> None:
+    """One `kaiden up` per data dir: a second one would share (and on exit stop) the embedded Redis."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    handle = open(home / "up.lock", "w")  # held until the process exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise click.ClickException(f"another `kaiden up` is already running on {home}") from None
+    _held_locks.append(handle)
+
+
+_held_locks: list = []
 
 
 # ---------------------------------------------------------------- database

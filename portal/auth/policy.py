@@ -1,0 +1,119 @@
+"""The one authorization policy: what each platform role and workspace role may do (see docs/api.md).
+
+Not visible → `NotFound` (we never reveal another tenant's objects); visible but not allowed →
+`PermissionDenied`. Tenant-scoped lookups of other objects go through `portal.tenancy`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal.errors import NotFound, PermissionDenied
+from portal.models import WORKSPACE_ROLE_RANK, Customer, User, UserRole, Workspace, WorkspaceMember, WorkspaceRole
+from portal.tenancy import get_scoped, workspace_role
+
+
+class WorkspaceAction(StrEnum):
+    READ = "read"  # see the workspace, its members, services, revisions, metrics, logs, backups
+    DEPLOY = "deploy"  # create / upgrade / roll back services; create and restore backups
+    DELETE = "delete"  # delete services and backups
+    MANAGE = "manage"  # rename or delete the workspace; add, change and remove members
+
+
+# The least workspace role that allows each action (ranks from portal.models.WORKSPACE_ROLE_RANK).
+WORKSPACE_MIN_ROLE: dict[WorkspaceAction, WorkspaceRole] = {
+    WorkspaceAction.READ: WorkspaceRole.viewer,
+    WorkspaceAction.DEPLOY: WorkspaceRole.member,
+    WorkspaceAction.DELETE: WorkspaceRole.admin,
+    WorkspaceAction.MANAGE: WorkspaceRole.admin,
+}
+
+# What staff may do in any workspace without a membership.
+STAFF_WORKSPACE_ACTIONS: dict[UserRole, frozenset[WorkspaceAction]] = {
+    UserRole.admin: frozenset(WorkspaceAction),
+    UserRole.engineer: frozenset({WorkspaceAction.READ}),
+}
+
+
+def is_staff(actor: User) -> bool:
+    return actor.role in (UserRole.admin, UserRole.engineer)
+
+
+def is_admin(actor: User) -> bool:
+    return actor.role == UserRole.admin
+
+
+def require_staff(actor: User) -> None:
+    if not is_staff(actor):
+        raise PermissionDenied("Only Kaiden staff may do this.")
+
+
+def require_admin(actor: User) -> None:
+    if not is_admin(actor):
+        raise PermissionDenied("Only administrators may do this.")
+
+
+def customer_scope(actor: User) -> uuid.UUID | None:
+    """`None` when the actor sees every tenant (staff), else the one customer they belong to."""
+    return None if is_staff(actor) else actor.customer_id
+
+
+def can_see_customer(actor: User, customer_id: uuid.UUID | None) -> bool:
+    scope = customer_scope(actor)
+    return scope is None or (customer_id is not None and scope == customer_id)
+
+
+def visible_customer(session: Session, actor: User, customer_id: uuid.UUID) -> Customer:
+    """The customer, or 404 when it does not exist or is another tenant."""
+    return get_scoped(session, Customer, customer_id, actor)
+
+
+def visible_user(session: Session, actor: User, user_id: uuid.UUID) -> User:
+    """A user the actor may see: staff see all; customer users see their own customer's users."""
+    return get_scoped(session, User, user_id, actor)
+
+
+def membership_role(session: Session, actor: User, workspace_id: uuid.UUID) -> WorkspaceRole | None:
+    """The actor's role in the workspace, or None when not a member."""
+    return workspace_role(session, actor, workspace_id)
+
+
+def can_workspace(actor: User, role: WorkspaceRole | None, action: WorkspaceAction) -> bool:
+    """Whether `actor` holding workspace `role` (None: not a member) may do `action`."""
+    if is_staff(actor):
+        return action in STAFF_WORKSPACE_ACTIONS[UserRole(actor.role)]
+    if role is None:
+        return False
+    return WORKSPACE_ROLE_RANK[WorkspaceRole(role)] >= WORKSPACE_ROLE_RANK[WORKSPACE_MIN_ROLE[action]]
+
+
+def workspace_for(session: Session, actor: User, workspace_id: uuid.UUID, action: WorkspaceAction) -> Workspace:
+    """The workspace when `actor` may do `action` there; 404 when not visible, 403 when not allowed.
+
+    Staff see every workspace; a customer user sees a workspace of their own customer only through
+    a membership.
+    """
+    workspace = get_scoped(session, Workspace, workspace_id, actor)
+    role: WorkspaceRole | None = None
+    if not is_staff(actor):
+        role = membership_role(session, actor, workspace.id)
+        if role is None:
+            raise NotFound("Workspace not found.")
+    if not can_workspace(actor, role, action):
+        raise PermissionDenied(f"Your role in this workspace does not allow this ({action.value}).")
+    return workspace
+
+
+def visible_workspaces(actor: User):
+    """A `Select` of the workspaces the actor can see (staff: all; customer users: their memberships)."""
+    stmt = select(Workspace)
+    if not is_staff(actor):
+        stmt = stmt.where(
+            Workspace.customer_id == actor.customer_id,
+            Workspace.id.in_(select(WorkspaceMember.workspace_id).where(WorkspaceMember.user_id == actor.id)),
+        )
+    return stmt
