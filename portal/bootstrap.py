@@ -11,7 +11,7 @@ from portal import database_of, migrations, settings_of
 from portal.catalog import default_catalog_dir, load_catalog
 from portal.models import User, UserRole
 
-ADMIN_EMAIL = "admin@kaiden.local"
+ADMIN_EMAIL = "admin@kaiden.example"
 
 
 def initialize(app: Flask) -> list[str]:

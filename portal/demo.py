@@ -12,7 +12,7 @@ from portal.models import Customer, User, UserRole, Workspace, WorkspaceMember, 
 
 DEMO_CUSTOMER = "Acme Corp"
 DEMO_WORKSPACE = ("Acme Apps", "acme-apps")
-DEMO_ENGINEER = ("engineer@kaiden.local", "Erin Engineer")
+DEMO_ENGINEER = ("engineer@kaiden.example", "Erin Engineer")
 DEMO_CUSTOMER_USER = ("alice@acme.example", "Alice Acme")
 
 

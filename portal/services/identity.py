@@ -71,6 +71,9 @@ def _ensure_customer_name_free(session: Session, name: str, exclude: uuid.UUID |
 
 def create_admin(session: Session, email: str, name: str, password: str) -> User:
     """Create a platform administrator (bootstrap and `kaiden users create-admin`; no actor needed)."""
+    email = _validated_email(email)
+    if not name.strip() or len(name) > 255:
+        raise ValidationError("Name must be 1 to 255 characters.", fields={"name": "must be 1 to 255 characters"})
     _validate_password(password)
     _ensure_email_free(session, email)
     user = User(
@@ -83,6 +86,16 @@ def create_admin(session: Session, email: str, name: str, password: str) -> User
     session.add(user)
     session.flush()
     return user
+
+
+def _validated_email(email: str) -> str:
+    """The API validates emails in its schemas; callers without one (CLI, bootstrap) come through here."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValidationError(f"Invalid email address: {exc}", fields={"email": "not a valid email address"}) from exc
 
 
 def create_user(

@@ -106,15 +106,15 @@ def browser():
 
 def test_first_run_prints_admin_and_demo_users_once(portal: Portal) -> None:
     text = "\n".join(portal.output)
-    assert "admin@kaiden.local" in text
-    assert "alice@acme.example" in text and "engineer@kaiden.local" in text
+    assert "admin@kaiden.example" in text
+    assert "alice@acme.example" in text and "engineer@kaiden.example" in text
     assert (portal.home / "kaiden.db").exists()
     assert oct((portal.home / "secret_key").stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize(
     ("email", "expected"),
-    [("admin@kaiden.local", "admin"), ("alice@acme.example", "Acme Corp"), ("engineer@kaiden.local", "engineer")],
+    [("admin@kaiden.example", "admin"), ("alice@acme.example", "Acme Corp"), ("engineer@kaiden.example", "engineer")],
 )
 def test_login_in_a_browser(portal: Portal, browser, email: str, expected: str) -> None:
     from playwright.sync_api import expect
