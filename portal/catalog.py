@@ -161,9 +161,7 @@ def parse_template_file(path: Path) -> TemplateFile:
     try:
         template = TemplateFile.model_validate(raw)
     except PydanticValidationError as exc:
-        fields = {
-            f"{where}: {'.'.join(str(p) for p in err['loc']) or '(top)'}": err["msg"] for err in exc.errors()
-        }
+        fields = {f"{where}: {'.'.join(str(p) for p in err['loc']) or '(top)'}": err["msg"] for err in exc.errors()}
         first = next(iter(fields.items()))
         raise ValidationError(f"{first[0]}: {first[1]}", fields=fields) from exc
     if template.slug != path.stem:
