@@ -1,0 +1,1 @@
+"""Local infrastructure: the pinned Go toolchain and kwok development clusters."""
