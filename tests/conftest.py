@@ -117,6 +117,19 @@ def client(app):
 
 
 @pytest.fixture()
+def as_user(db):
+    """`as_user(user)` → headers with a fresh bearer token for `user` (committed)."""
+    from tests import factories
+
+    def headers(user) -> dict[str, str]:
+        _, secret = factories.make_api_token(db, user)
+        db.commit()
+        return {"Authorization": f"Bearer {secret}"}
+
+    return headers
+
+
+@pytest.fixture()
 def db(app):
     """A session on the test database; every table is emptied after the test."""
     with database_of(app).session() as session:

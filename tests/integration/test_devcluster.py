@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from portal.infra import devcluster, toolchain
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +21,6 @@ LABELS = {"app": "web"}
 
 def _api(cluster: devcluster.Cluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _pod_template() -> client.V1PodTemplateSpec:
@@ -97,7 +89,7 @@ def test_workloads_get_ready_pods(platform_cluster: devcluster.Cluster, namespac
             and daemon.number_ready == daemon.desired_number_scheduled == 2
         )
 
-    _wait(all_ready, what="Deployment, StatefulSet and DaemonSet pods Ready")
+    wait_for(all_ready, what="Deployment, StatefulSet and DaemonSet pods Ready")
     pods = client.CoreV1Api(_api(platform_cluster)).list_namespaced_pod(namespace).items
     assert len(pods) == 7
     assert all(p.status.phase == "Running" for p in pods)
@@ -108,7 +100,7 @@ def test_pod_logs_are_served(platform_cluster: devcluster.Cluster, namespace: st
     core.create_namespaced_pod(
         namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="logger"), spec=_pod_template().spec)
     )
-    _wait(
+    wait_for(
         lambda: core.read_namespaced_pod("logger", namespace).status.phase == "Running",
         what="pod Running",
     )

@@ -30,6 +30,7 @@ from portal.infra import engine, toolchain
 from portal.infra.engine import Progress, Secret
 from portal.settings import Settings, load_settings
 from stacks.smoke import CONFIGMAP_NAME, TOKEN_SECRET_NAME, SmokeSpec, smoke
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -165,15 +166,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --- cluster checks ------------------------------------------------------------------------------
 
 
@@ -233,8 +225,8 @@ class ClusterView:
         assert self.core.read_namespaced_config_map(FULLNAME, namespace).data == {"GREETING": "hello from kaiden"}
         deployment = self.apps.read_namespaced_deployment(FULLNAME, namespace)
         assert deployment.spec.replicas == 1
-        _wait(lambda: deployment_ready(self, namespace), 120, "the Deployment to be ready")
-        _wait(lambda: len(self.pods(namespace)) == 1, 120, "exactly one pod")
+        wait_for(lambda: deployment_ready(self, namespace), 120, "the Deployment to be ready")
+        wait_for(lambda: len(self.pods(namespace)) == 1, 120, "exactly one pod")
         assert len(self.ready_pods(namespace)) == 1
 
 
@@ -320,7 +312,7 @@ def test_up_preview_outputs_destroy_and_cli_view(cluster, view: ClusterView, hom
 
         gone = engine.destroy(stack, settings)
         assert gone.changes.get("delete") == SMOKE_RESOURCES + 2
-        _wait(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
+        wait_for(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
         engine.cancel(stack, settings)  # no lock held: a harmless no-op
         engine.remove(stack, settings)
         assert stack not in {name.rsplit("/", 1)[-1] for name in _cli_stack_ls(settings)}
@@ -450,7 +442,7 @@ def test_sigkill_mid_update_then_next_up_recovers(
     finally:
         child.finish(timeout=5)
         _cleanup(stack, settings, view, namespace)
-    _wait(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
+    wait_for(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
 
 
 def test_rq_style_kill_leaves_an_orphan_plugin_that_recovery_reaps(cluster, view: ClusterView, home: Path) -> None:
@@ -543,7 +535,7 @@ def test_up_and_destroy_on_the_postgres_backend(cluster, view: ClusterView, home
 
         gone = engine.destroy(stack, settings, remove=True)
         assert gone.changes.get("delete") == SMOKE_RESOURCES + 2
-        _wait(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
+        wait_for(lambda: not view.namespace_exists(namespace), 120, "the namespace to be deleted")
         assert stack not in {name.rsplit("/", 1)[-1] for name in _cli_stack_ls(settings)}
     finally:
         _cleanup(stack, settings, view, namespace)

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from sqlalchemy import select
 
 from portal.models import AppCategory, Cluster, CommentType, OperationState, TicketStatus
 from tests import factories
-
-
-@pytest.fixture()
-def as_user(db):
-    """`as_user(user)` → headers with a fresh bearer token for `user` (committed)."""
-
-    def headers(user) -> dict[str, str]:
-        _, secret = factories.make_api_token(db, user)
-        db.commit()
-        return {"Authorization": f"Bearer {secret}"}
-
-    return headers
 
 
 def assert_error(response, status: int, code: str | None = None, fields: set[str] | None = None) -> dict:

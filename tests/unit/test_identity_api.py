@@ -6,19 +6,6 @@ import pytest
 
 from tests import factories
 
-
-@pytest.fixture()
-def as_user(db):
-    """`as_user(user)` → headers with a fresh bearer token for `user` (committed)."""
-
-    def headers(user) -> dict[str, str]:
-        _, secret = factories.make_api_token(db, user)
-        db.commit()
-        return {"Authorization": f"Bearer {secret}"}
-
-    return headers
-
-
 # ---------------------------------------------------------------- customers
 
 

@@ -6,6 +6,7 @@ import pulumi
 import pytest
 
 from stacks.platform import PlatformSpec, platform
+from tests.support import run_under_mocks
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -22,14 +23,7 @@ class _Mocks(pulumi.runtime.Mocks):
 
 def _run(spec: PlatformSpec) -> _Mocks:
     mocks = _Mocks()
-    pulumi.runtime.set_mocks(mocks, project="kaiden", stack="test", preview=False)
-
-    @pulumi.runtime.test
-    def program():
-        platform(spec)
-        return pulumi.Output.from_input(None)
-
-    program()  # `runtime.test` waits until every resource registration has reached the mocks
+    run_under_mocks(lambda: platform(spec), mocks)
     return mocks
 
 

@@ -8,6 +8,7 @@ import pulumi
 import pytest
 
 from stacks.smoke import CONFIGMAP_NAME, TOKEN_SECRET_NAME, SmokeSpec, _image, smoke
+from tests.support import run_under_mocks
 
 CHART = str(Path(__file__).resolve().parents[2] / "catalog" / "charts" / "hello")
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -37,14 +38,7 @@ class _Mocks(pulumi.runtime.Mocks):
 
 def _run(spec: SmokeSpec) -> _Mocks:
     mocks = _Mocks()
-    pulumi.runtime.set_mocks(mocks, project="kaiden", stack="test", preview=False)
-
-    @pulumi.runtime.test
-    def program():
-        smoke(spec)
-        return pulumi.Output.from_input(None)
-
-    program()  # `runtime.test` waits until every registration has reached the mocks
+    run_under_mocks(lambda: smoke(spec), mocks)
     return mocks
 
 
