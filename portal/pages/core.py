@@ -89,3 +89,16 @@ def api_docs() -> str:
             for tag in operation.get("tags") or ["Other"]:
                 groups.setdefault(tag, []).append({"path": path, "method": method.upper(), **operation})
     return render_template("api_docs.html", document=document, groups=dict(sorted(groups.items())))
+
+
+@blueprint.route("/healthz")
+def healthz() -> tuple[dict[str, str], int]:
+    """Liveness/readiness for load balancers and the platform stack's probes: the database answers."""
+    from sqlalchemy import text
+
+    try:
+        request_session().execute(text("SELECT 1"))
+    except Exception:  # any database failure means "not ready"; the detail goes to the log only
+        current_app.logger.exception("health check: database unavailable")
+        return {"status": "unavailable"}, 503
+    return {"status": "ok"}, 200

@@ -252,3 +252,34 @@ def test_bearer_writes_need_no_csrf(client, db) -> None:
     _, secret = factories.make_api_token(db, user)
     db.commit()
     assert client.post("/api/v1/me/tokens", json={"name": "x"}, headers=bearer(secret)).status_code == 201
+
+
+def test_healthz_is_public_and_checks_the_database(client, app, monkeypatch) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+    from portal import database_of
+
+    database_of(app).engine.dispose()
+    monkeypatch.setattr(database_of(app), "sessionmaker", _broken_sessionmaker)
+    broken = client.get("/healthz")
+    assert broken.status_code == 503
+    assert broken.get_json() == {"status": "unavailable"}
+
+
+def _broken_sessionmaker():
+    class _Broken:
+        def execute(self, *_args, **_kwargs):
+            raise RuntimeError("database down")
+
+        def close(self) -> None:
+            return None
+
+        def rollback(self) -> None:
+            return None
+
+        def commit(self) -> None:
+            return None
+
+    return _Broken()
