@@ -39,10 +39,36 @@ class Settings:
     testing: bool = False
     max_services_per_workspace: int = 50
     api_page_size_max: int = 200
+    # Cloud Services: the cluster services deploy to, and how they are published.
+    kubeconfig: str | None = None  # path; None → the local simulated cluster `kaiden up` starts
+    ingress_class: str = "traefik"
+    ingress_entrypoints: str = "websecure"
+    cert_issuer: str = "letsencrypt-prod"
+    cloudflare_api_token: str | None = field(default=None, repr=False)
+    cloudflare_account_id: str | None = None
+    cloudflare_zone_id: str | None = None
+    support_domain: str | None = None  # support sessions' hostnames (D2)
+    # Remote Support: the gateway, controllers and agents.
+    gateway_public_url: str | None = None  # what bundles tell controllers; None → ws://host:gateway_port
+    heartbeat_interval: int = 15  # seconds between a controller's heartbeats
+    offline_after_heartbeats: int = 3  # missed heartbeats before a cluster is shown offline
+    heartbeat_flush_seconds: float = 1.0  # the gateway writes heartbeats to the database in batches this often
+    controller_image: str = "kaiden/controller:0.1.0"
+    agent_image: str = "kaiden/agent:0.1.0"
 
     @property
     def data_dir(self) -> Path:
         return self.home
+
+    @property
+    def cloudflare_enabled(self) -> bool:
+        """DNS records (services) and tunnels (sessions) go to Cloudflare only when all of these are set."""
+        return bool(self.cloudflare_api_token and self.cloudflare_zone_id and self.cloudflare_account_id)
+
+    @property
+    def gateway_url(self) -> str:
+        """The base URL controllers dial (`…/api/v1/agent/connect` is appended by the bundle)."""
+        return (self.gateway_public_url or f"ws://{self.host}:{self.gateway_port}").rstrip("/")
 
 
 # name → (environment variable, default description) — the README table is checked against this.
@@ -63,6 +89,20 @@ ENVIRONMENT = {
     "demo_data": ("KAIDEN_DEMO_DATA", "true"),
     "max_services_per_workspace": ("KAIDEN_MAX_SERVICES_PER_WORKSPACE", "50"),
     "api_page_size_max": ("KAIDEN_API_PAGE_SIZE_MAX", "200"),
+    "kubeconfig": ("KAIDEN_KUBECONFIG", "unset: the local simulated cluster started by `kaiden up`"),
+    "ingress_class": ("KAIDEN_INGRESS_CLASS", "traefik"),
+    "ingress_entrypoints": ("KAIDEN_INGRESS_ENTRYPOINTS", "websecure"),
+    "cert_issuer": ("KAIDEN_CERT_ISSUER", "letsencrypt-prod"),
+    "cloudflare_api_token": ("KAIDEN_CLOUDFLARE_API_TOKEN", "unset: no Cloudflare"),
+    "cloudflare_account_id": ("KAIDEN_CLOUDFLARE_ACCOUNT_ID", "unset"),
+    "cloudflare_zone_id": ("KAIDEN_CLOUDFLARE_ZONE_ID", "unset"),
+    "support_domain": ("KAIDEN_SUPPORT_DOMAIN", "unset"),
+    "gateway_public_url": ("KAIDEN_GATEWAY_PUBLIC_URL", "ws://$KAIDEN_HOST:$KAIDEN_GATEWAY_PORT"),
+    "heartbeat_interval": ("KAIDEN_HEARTBEAT_INTERVAL", "15"),
+    "offline_after_heartbeats": ("KAIDEN_OFFLINE_AFTER_HEARTBEATS", "3"),
+    "heartbeat_flush_seconds": ("KAIDEN_HEARTBEAT_FLUSH_SECONDS", "1.0"),
+    "controller_image": ("KAIDEN_CONTROLLER_IMAGE", "kaiden/controller:0.1.0"),
+    "agent_image": ("KAIDEN_AGENT_IMAGE", "kaiden/agent:0.1.0"),
 }
 
 
@@ -121,9 +161,12 @@ def _coerce(name: str, raw: object, annotation: object) -> object:
     try:
         if annotation in ("int", int):
             return int(text)
+        if annotation in ("float", float):
+            return float(text)
         if annotation in ("bool", bool):
             return raw if isinstance(raw, bool) else text.strip().lower() in _TRUE
     except ValueError as exc:
         var = ENVIRONMENT.get(name, (name,))[0]
-        raise ValueError(f"{var}: expected a whole number, got {text!r}") from exc
+        kind = "a number" if annotation in ("float", float) else "a whole number"
+        raise ValueError(f"{var}: expected {kind}, got {text!r}") from exc
     return raw
