@@ -35,6 +35,11 @@ LOG_MARKER = "kaiden simulated container log"
 CREATE_TIMEOUT = 180
 STOP_TIMEOUT = 30
 NODE_IPS_PARAM = '.nodeIPs=["127.0.0.1"]'
+# Simulated clusters have no storage provisioner: a pool of pre-made volumes of a default class lets
+# PersistentVolumeClaims (chart PVCs, StatefulSet volume claims) bind as they would on a real cluster.
+STORAGE_CLASS = "kaiden-local"
+PV_POOL = 64
+PV_SIZE = "50Gi"
 T = TypeVar("T")
 
 
@@ -196,7 +201,31 @@ def create_cluster(name: str = DEFAULT_NAME, nodes: int = 1, root: Path | None =
         # so nothing (logs, exec, metrics) ever dials outside this machine.
         _kwokctl(name, "scale", "node", "--replicas", str(nodes), "--param", NODE_IPS_PARAM, root=root)
         kubectl(name, "wait", "--for=condition=Ready", "node", "--all", "--timeout=120s", root=root, timeout=150)
+    storage = _extras_dir(name, root) / "storage.yaml"
+    storage.write_text(storage_manifest())
+    kubectl(name, "apply", "--server-side", "-f", str(storage), root=root, timeout=120)
     return _cluster(name, root)
+
+
+def storage_manifest(pool: int = PV_POOL, size: str = PV_SIZE) -> str:
+    """The default StorageClass (no provisioner, immediate binding) and `pool` volumes of `size` for it."""
+    documents = [
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n"
+        f"  name: {STORAGE_CLASS}\n"
+        '  annotations: {storageclass.kubernetes.io/is-default-class: "true"}\n'
+        "provisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: Immediate\nreclaimPolicy: Retain\n"
+    ]
+    for index in range(pool):
+        documents.append(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n"
+            f"  name: {STORAGE_CLASS}-{index:03d}\n"
+            f"  labels: {{app.kubernetes.io/managed-by: kaiden-devcluster}}\n"
+            f"spec:\n  storageClassName: {STORAGE_CLASS}\n  capacity: {{storage: {size}}}\n"
+            "  accessModes: [ReadWriteOnce, ReadWriteMany, ReadOnlyMany]\n"
+            "  persistentVolumeReclaimPolicy: Retain\n"
+            f"  hostPath: {{path: /var/lib/kaiden-devcluster/{index:03d}, type: DirectoryOrCreate}}\n"
+        )
+    return "---\n".join(documents)
 
 
 def delete_cluster(name: str = DEFAULT_NAME, root: Path | None = None) -> None:

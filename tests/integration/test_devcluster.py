@@ -95,6 +95,50 @@ def test_workloads_get_ready_pods(platform_cluster: devcluster.Cluster, namespac
     assert all(p.status.phase == "Running" for p in pods)
 
 
+def test_volume_claims_bind_and_stateful_pods_with_claims_run(
+    platform_cluster: devcluster.Cluster, namespace: str
+) -> None:
+    """The pool of volumes of the default class lets claims bind, as a provisioner would on a real cluster."""
+    core = client.CoreV1Api(_api(platform_cluster))
+    apps = client.AppsV1Api(_api(platform_cluster))
+    resources = client.V1VolumeResourceRequirements(requests={"storage": "2Gi"})
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="data"),
+            spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"], resources=resources),
+        ),
+    )
+    claim_template = client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="state"),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"], resources=resources),
+    )
+    template = _pod_template()
+    template.spec.containers[0].volume_mounts = [client.V1VolumeMount(name="state", mount_path="/data")]
+    apps.create_namespaced_stateful_set(
+        namespace,
+        client.V1StatefulSet(
+            metadata=client.V1ObjectMeta(name="db"),
+            spec=client.V1StatefulSetSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels=LABELS),
+                service_name="db",
+                template=template,
+                volume_claim_templates=[claim_template],
+            ),
+        ),
+    )
+
+    def bound_and_ready() -> bool:
+        claims = core.list_namespaced_persistent_volume_claim(namespace).items
+        stateful = apps.read_namespaced_stateful_set_status("db", namespace).status
+        return len(claims) == 2 and all(c.status.phase == "Bound" for c in claims) and stateful.ready_replicas == 1
+
+    wait_for(bound_and_ready, what="claims Bound and the StatefulSet's pod Ready")
+    claims = core.list_namespaced_persistent_volume_claim(namespace).items
+    assert {c.spec.storage_class_name for c in claims} == {devcluster.STORAGE_CLASS}
+
+
 def test_pod_logs_are_served(platform_cluster: devcluster.Cluster, namespace: str) -> None:
     core = client.CoreV1Api(_api(platform_cluster))
     core.create_namespaced_pod(
