@@ -67,9 +67,16 @@ def gateway_command(host: str | None, port: int | None) -> None:
 @main.command("up")
 @click.option("--host", default=None, help="Bind address (default: KAIDEN_HOST).")
 @click.option("--port", type=int, default=None, help="Portal port (default: KAIDEN_PORT).")
+@click.option(
+    "--cluster/--no-cluster",
+    "with_cluster",
+    default=True,
+    show_default=True,
+    help="Start the local simulated cluster services deploy to (ignored when KAIDEN_KUBECONFIG is set).",
+)
 @with_appcontext
-def up_command(host: str | None, port: int | None) -> None:
-    """All in one: first-run setup, embedded Redis, a worker, the gateway and the portal."""
+def up_command(host: str | None, port: int | None, with_cluster: bool) -> None:
+    """All in one: first-run setup, embedded Redis, the local cluster, a worker, the gateway and the portal."""
     from waitress import serve
 
     from portal import bootstrap, queue
@@ -85,6 +92,14 @@ def up_command(host: str | None, port: int | None) -> None:
     env["KAIDEN_REDIS_URL"] = queue.redis_url(settings)
     click.echo(f"redis: {env['KAIDEN_REDIS_URL']}")
     env["KAIDEN_DATABASE_URL"] = settings.database_url
+    cluster_root = None
+    if settings.kubeconfig:
+        click.echo(f"services deploy to the cluster of {settings.kubeconfig}")
+    elif with_cluster:
+        cluster_root = settings.home / "kwok"
+        env["KAIDEN_KUBECONFIG"] = str(_start_local_cluster(cluster_root))
+    else:
+        click.echo("no cluster: deploying services will fail until KAIDEN_KUBECONFIG is set")
     children = [
         subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env),
         subprocess.Popen([sys.executable, "-m", "portal.cli", "gateway"], env=env),
@@ -110,6 +125,31 @@ def up_command(host: str | None, port: int | None) -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
         queue.shutdown_embedded()
+        if cluster_root is not None:
+            from portal.infra import devcluster
+
+            devcluster.stop_cluster(LOCAL_CLUSTER, root=cluster_root)
+
+
+LOCAL_CLUSTER = "kaiden-local"
+LOCAL_CLUSTER_NODES = 2
+
+
+def _start_local_cluster(root: Path) -> Path:
+    """Build the toolchain if needed (first run only: ~30 min on 2 cores), start the cluster; its kubeconfig."""
+    from portal.infra import devcluster, toolchain
+
+    missing = [s.name for s in toolchain.status() if s.state not in ("cached", "path")]
+    if missing:
+        click.echo(f"toolchain: building {', '.join(missing)} from Go modules (first run only; cached after)")
+    try:
+        toolchain.build(progress_callback=lambda name, message: click.echo(f"toolchain: {name}: {message}"))
+        click.echo(f"cluster: starting {LOCAL_CLUSTER} ({LOCAL_CLUSTER_NODES} simulated nodes)")
+        cluster = devcluster.create_cluster(LOCAL_CLUSTER, nodes=LOCAL_CLUSTER_NODES, root=root)
+    except toolchain.ToolchainError as exc:
+        raise click.ClickException(f"local cluster: {exc} (use --no-cluster to run without one)") from exc
+    click.echo(f"cluster: {cluster.name} at {cluster.server} (kubeconfig {cluster.kubeconfig})")
+    return cluster.kubeconfig
 
 
 def _hold_data_dir_lock(home: Path) -> None:

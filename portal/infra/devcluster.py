@@ -228,6 +228,16 @@ def storage_manifest(pool: int = PV_POOL, size: str = PV_SIZE) -> str:
     return "---\n".join(documents)
 
 
+def stop_cluster(name: str = DEFAULT_NAME, root: Path | None = None) -> None:
+    """Stop a cluster's processes, keeping its state for the next `create_cluster`; missing is not an error."""
+    _check_name(name)
+    cluster_dir = _root(root) / "clusters" / name
+    if cluster_dir.exists():
+        pids = _pids(cluster_dir)
+        _kwokctl(name, "stop", "cluster", root=root)
+        _wait_exited(pids)
+
+
 def delete_cluster(name: str = DEFAULT_NAME, root: Path | None = None) -> None:
     """Stop a cluster's processes and remove its state; a missing cluster is not an error."""
     _check_name(name)

@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+def portal(tmp_path_factory: pytest.TempPathFactory, toolchain: Path) -> Iterator[Portal]:
     home = tmp_path_factory.mktemp("embedded") / "kaiden-home"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
@@ -158,3 +158,18 @@ def test_gateway_and_worker_run_beside_the_portal(portal: Portal) -> None:
     while not Worker.all(connection=connection):
         assert time.monotonic() < deadline, "no RQ worker registered"
         time.sleep(0.5)
+
+
+def test_local_simulated_cluster_runs_while_up(portal: Portal) -> None:
+    """`kaiden up` starts the local cluster services deploy to (kubeconfig handed to the worker)."""
+    from kubernetes import client, config
+
+    line = next((line for line in portal.output if line.startswith("cluster: kaiden-local at ")), None)
+    assert line, "kaiden up did not report its local cluster:\n" + "\n".join(portal.output)
+    kubeconfig = re.search(r"\(kubeconfig (\S+)\)", line).group(1)
+    assert Path(kubeconfig).is_relative_to(portal.home)
+    nodes = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig)).list_node().items
+    assert len(nodes) == 2
+    assert all(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions) for n in nodes)
+    classes = client.StorageV1Api(config.new_client_from_config(config_file=kubeconfig)).list_storage_class().items
+    assert [c.metadata.name for c in classes] == ["kaiden-local"]
