@@ -39,3 +39,13 @@ def settings_of(app: Flask) -> Settings:
 
 def database_of(app: Flask) -> Database:
     return app.extensions["kaiden.db"]
+
+
+def redis_of(app: Flask):
+    """The app's Redis connection (created on first use: the embedded one starts only when needed)."""
+    connection = app.extensions.get("kaiden.redis")
+    if connection is None:
+        from portal.queue import connect
+
+        connection = app.extensions["kaiden.redis"] = connect(settings_of(app))
+    return connection

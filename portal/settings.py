@@ -39,6 +39,7 @@ class Settings:
     testing: bool = False
     max_services_per_workspace: int = 50
     api_page_size_max: int = 200
+    login_max_failures: int = 10  # failed sign-ins per account in 15 minutes before sign-in is refused
     # Cloud Services: the cluster services deploy to, and how they are published.
     kubeconfig: str | None = None  # path; None → the local simulated cluster `kaiden up` starts
     ingress_class: str = "traefik"
@@ -89,6 +90,7 @@ ENVIRONMENT = {
     "demo_data": ("KAIDEN_DEMO_DATA", "true"),
     "max_services_per_workspace": ("KAIDEN_MAX_SERVICES_PER_WORKSPACE", "50"),
     "api_page_size_max": ("KAIDEN_API_PAGE_SIZE_MAX", "200"),
+    "login_max_failures": ("KAIDEN_LOGIN_MAX_FAILURES", "10"),
     "kubeconfig": ("KAIDEN_KUBECONFIG", "unset: the local simulated cluster started by `kaiden up`"),
     "ingress_class": ("KAIDEN_INGRESS_CLASS", "traefik"),
     "ingress_entrypoints": ("KAIDEN_INGRESS_ENTRYPOINTS", "websecure"),

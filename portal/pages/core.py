@@ -9,8 +9,9 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from portal import auth
+from portal import auth, redis_of, settings_of
 from portal.auth import passwords, policy
+from portal.auth.throttle import throttle_for
 from portal.models import Customer
 from portal.services import identity
 from portal.web import request_session
@@ -38,14 +39,24 @@ def _safe_next(target: str | None) -> str:
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-def login() -> Response | str:
+def login() -> Response | str | tuple[str, int, dict[str, str]]:
     form = LoginForm()
     error = None
     if form.validate_on_submit():
-        user = identity.authenticate(request_session(), form.email.data or "", form.password.data or "")
+        email = form.email.data or ""
+        throttle = throttle_for(settings_of(current_app), redis_of(current_app))
+        verdict = throttle.check(email, request.remote_addr)
+        if not verdict.allowed:
+            minutes = -(-verdict.retry_after // 60)
+            error = f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
+            page = render_template("login.html", form=form, error=error)
+            return page, 429, {"Retry-After": str(verdict.retry_after)}
+        user = identity.authenticate(request_session(), email, form.password.data or "")
         if user is not None:
+            throttle.succeeded(email)
             auth.login_user(user)
             return redirect(_safe_next(request.args.get("next")))
+        throttle.failed(email, request.remote_addr)
         error = "Invalid email or password."
     elif request.method == "GET" and auth.current_user() is not None:
         return redirect(_safe_next(request.args.get("next")))

@@ -107,6 +107,32 @@ def test_wrong_password_unknown_user_and_inactive_user_cannot_log_in(client, db)
         assert client.get("/api/v1/me").status_code == 401
 
 
+def test_repeated_failures_block_sign_in_for_that_account_only(client, db, settings) -> None:
+    user = factories.make_engineer(db)
+    other = factories.make_engineer(db)
+    db.commit()
+    for _ in range(settings.login_max_failures):
+        assert login(client, user.email, "wrong password").status_code == 200
+    blocked = login(client, user.email)  # even the right password is refused now, before it is checked
+    assert blocked.status_code == 429
+    assert "Too many failed sign-ins. Try again in 15 minutes." in blocked.get_data(as_text=True)
+    assert 0 < int(blocked.headers["Retry-After"]) <= 15 * 60
+    assert client.get("/api/v1/me").status_code == 401
+    assert login(client, other.email).status_code == 302  # another account from the same address still works
+
+
+def test_a_successful_sign_in_clears_the_failure_count(client, db, settings) -> None:
+    user = factories.make_engineer(db)
+    db.commit()
+    for _ in range(settings.login_max_failures - 1):
+        login(client, user.email, "wrong password")
+    assert login(client, user.email).status_code == 302
+    client.post("/logout", data={"csrf_token": csrf_from(client.get("/").get_data(as_text=True))})
+    for _ in range(settings.login_max_failures - 1):
+        assert login(client, user.email, "wrong password").status_code == 200
+    assert login(client, user.email).status_code == 302
+
+
 def test_login_redirects_only_to_local_paths(client, db) -> None:
     user = factories.make_engineer(db)
     db.commit()
