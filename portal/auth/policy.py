@@ -13,8 +13,26 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.errors import NotFound, PermissionDenied
-from portal.models import WORKSPACE_ROLE_RANK, Customer, User, UserRole, Workspace, WorkspaceMember, WorkspaceRole
+from portal.models import (
+    WORKSPACE_ROLE_RANK,
+    Customer,
+    TicketStatus,
+    User,
+    UserRole,
+    Workspace,
+    WorkspaceMember,
+    WorkspaceRole,
+)
 from portal.tenancy import get_scoped, workspace_role
+
+# Which fields of a ticket each role may change (the seed-000 split between customers and support).
+TICKET_EDITABLE_FIELDS: dict[UserRole, frozenset[str]] = {
+    UserRole.admin: frozenset({"title", "description", "priority", "status", "assigned_to_id"}),
+    UserRole.engineer: frozenset({"priority", "status", "assigned_to_id"}),
+    UserRole.customer: frozenset({"title", "description", "priority", "status"}),
+}
+# Customers may close a resolved ticket and reopen one; moving work along is support's job.
+TICKET_CUSTOMER_STATUS_TARGETS = frozenset({TicketStatus.closed, TicketStatus.open})
 
 
 class WorkspaceAction(StrEnum):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, object_session
 
+from portal.auth import policy
 from portal.errors import NotFound, PermissionDenied, ValidationError
 from portal.models import (
     AuthorType,
@@ -43,15 +44,6 @@ TRANSITIONS: dict[TicketStatus, frozenset[TicketStatus]] = {
     S.resolved: frozenset({S.closed, S.open}),
     S.closed: frozenset({S.open}),
 }
-
-# Which fields of a ticket each role may change (the seed-000 split between customers and support).
-EDITABLE_FIELDS: dict[UserRole, frozenset[str]] = {
-    UserRole.admin: frozenset({"title", "description", "priority", "status", "assigned_to_id"}),
-    UserRole.engineer: frozenset({"priority", "status", "assigned_to_id"}),
-    UserRole.customer: frozenset({"title", "description", "priority", "status"}),
-}
-# Customers may close a resolved ticket and reopen one; moving work along is support's job.
-CUSTOMER_STATUS_TARGETS = frozenset({S.closed, S.open})
 
 _FIELD_NAMES = {"assigned_to_id": "assigned_to"}  # the API's name for a field, in error messages
 
@@ -217,18 +209,26 @@ def update_ticket(
     the values are valid — assignee is active staff, the status move is allowed (422). Then writes
     the changes and one comment per status, assignment or priority change.
     """
-    unknown = set(changes) - EDITABLE_FIELDS[UserRole.admin]
+    unknown = set(changes) - policy.TICKET_EDITABLE_FIELDS[UserRole.admin]
     if unknown:
         raise ValidationError("Invalid ticket.", fields={name: "is not allowed" for name in sorted(unknown)})
     changed = {k: v for k, v in changes.items() if getattr(ticket, k) != v}
     role = str(actor.role)
     # The platform itself (SYSTEM, from jobs) may change what an admin may.
-    editable = EDITABLE_FIELDS[UserRole.admin] if role == "system" else EDITABLE_FIELDS[UserRole(role)]
+    editable = (
+        policy.TICKET_EDITABLE_FIELDS[UserRole.admin]
+        if role == "system"
+        else policy.TICKET_EDITABLE_FIELDS[UserRole(role)]
+    )
     forbidden = sorted(set(changed) - editable)
     if forbidden:
         names = ", ".join(_FIELD_NAMES.get(name, name) for name in forbidden)
         raise PermissionDenied(f"Your role may not change: {names}.")
-    if "status" in changed and role == UserRole.customer and changed["status"] not in CUSTOMER_STATUS_TARGETS:
+    if (
+        "status" in changed
+        and role == UserRole.customer
+        and changed["status"] not in policy.TICKET_CUSTOMER_STATUS_TARGETS
+    ):
         raise PermissionDenied("Customers may close a resolved ticket or reopen one; support moves it along.")
     check_version(ticket, version)
 

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from portal.auth import policy
 from portal.errors import ConflictError, NotFound, PermissionDenied, ValidationError
 from portal.models import AuthorType, CommentType, TicketPriority, TicketStatus, UserRole
 from portal.services import tickets
@@ -301,5 +302,5 @@ def test_the_platform_moves_tickets_as_a_system_author(db):
 
 
 def test_roles_cover_every_platform_role():
-    assert set(tickets.EDITABLE_FIELDS) == set(UserRole)
+    assert set(policy.TICKET_EDITABLE_FIELDS) == set(UserRole)
     assert set(TRANSITIONS) == set(TicketStatus)
