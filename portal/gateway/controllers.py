@@ -178,7 +178,8 @@ class ControllerHub:
                     await websocket.send(error)
                     continue
                 await self._dispatch(conn, message, received)
-                self.stats.handle_latency.append(time.monotonic() - received)
+                done = time.monotonic()
+                self.stats.handle_latency.append((done, done - received))
         except ConnectionClosed:
             pass
 

@@ -32,10 +32,13 @@ class Stats:
     flush_seconds_total: float = 0.0
     flush_failures: int = 0
     clusters_marked_offline: int = 0
-    handle_latency: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    commit_latency: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    # (monotonic time, seconds): frame decode + dispatch; heartbeat receipt → its batch committed
+    handle_latency: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    commit_latency: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self, window: float | None = None) -> dict[str, object]:
+        """Counters, and latency percentiles over the last `window` seconds (default: the retained samples)."""
+        since = time.monotonic() - window if window else None
         return {
             "heartbeats": self.heartbeats,
             "frames": self.frames,
@@ -45,13 +48,13 @@ class Stats:
             "flush_seconds_total": round(self.flush_seconds_total, 6),
             "flush_failures": self.flush_failures,
             "clusters_marked_offline": self.clusters_marked_offline,
-            "handle_ms": _percentiles(self.handle_latency),
-            "commit_ms": _percentiles(self.commit_latency),
+            "handle_ms": _percentiles(self.handle_latency, since),
+            "commit_ms": _percentiles(self.commit_latency, since),
         }
 
 
-def _percentiles(values: deque[float]) -> dict[str, float | int | None]:
-    ordered = sorted(values)
+def _percentiles(samples: deque[tuple[float, float]], since: float | None) -> dict[str, float | int | None]:
+    ordered = sorted(value for at, value in samples if since is None or at >= since)
     if not ordered:
         return {"n": 0, "p50": None, "p99": None}
 
@@ -110,7 +113,7 @@ class HeartbeatBuffer:
             self.stats.rows_written += result.clusters + result.nodes_upserted + result.nodes_marked_absent
             for entry in batch:
                 for received in entry.received:
-                    self.stats.commit_latency.append(done - received)
+                    self.stats.commit_latency.append((done, done - received))
 
     def _write(self, batch: list[ClusterUpdate]):
         with self.database.session() as session:

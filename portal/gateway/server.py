@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -81,7 +82,7 @@ class Gateway:
                     "controllers": len(self.hub.connections),
                     "max_rss_kib": usage.ru_maxrss,
                     "rss_kib": _current_rss_kib(),
-                    **self.stats.snapshot(),
+                    **self.stats.snapshot(_window(request.path)),
                 },
             )
         if path == AGENT_CONNECT_PATH:
@@ -127,6 +128,16 @@ class Gateway:
         self.database.dispose()
 
 
+def _window(path: str) -> float | None:
+    """`/metrics?window=30`: latency percentiles over the last 30 s."""
+    query = parse_qs(urlsplit(path).query)
+    try:
+        value = float(query.get("window", [""])[0])
+    except ValueError:
+        return None
+    return value if 0 < value < 86_400 else None
+
+
 def _current_rss_kib() -> int | None:
     try:
         with open("/proc/self/status") as handle:
@@ -151,6 +162,8 @@ async def serve_gateway(
 
 def run_gateway(settings: Settings, *, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         stop = asyncio.Event()
