@@ -32,7 +32,7 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
 # Small intervals so liveness tests take seconds: flush 0.1 s, offline after 3 x 0.2 s.
-FAST = GatewayConfig(flush_seconds=0.1, offline_after=0.6, sweep_seconds=0.1)
+FAST = GatewayConfig(flush_seconds=0.1, offline_after=0.6, sweep_seconds=0.1, key_check_seconds=0.2)
 FAST_HEARTBEAT = 0.2
 
 

@@ -16,10 +16,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from agent import protocol
+from portal.crypto import hash_token
 from portal.db import Database
 from portal.gateway.liveness import HeartbeatBuffer, Stats
 from portal.services.cluster_commands import REPLY_TTL_SECONDS, control_channel, events_channel
-from portal.services.heartbeats import cluster_key_matches
+from portal.services.heartbeats import cluster_key_matches, current_key_hashes
 
 log = logging.getLogger("kaiden.gateway")
 
@@ -34,6 +35,7 @@ HELLO_TIMEOUT = 10.0
 class ControllerConnection:
     cluster_id: uuid.UUID
     websocket: ServerConnection
+    key_hash: str = ""  # of the key it authenticated with: a rotation closes the connection
     connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     pending: dict[str, str] = field(default_factory=dict)  # command id → reply list key
 
@@ -90,7 +92,7 @@ class ControllerHub:
         hello = await self._await_hello(websocket)
         if hello is None:
             return
-        conn = ControllerConnection(cluster_id=cluster_id, websocket=websocket)
+        conn = ControllerConnection(cluster_id=cluster_id, websocket=websocket, key_hash=hash_token(key))
         await self._register(conn)
         self.buffer.connected(cluster_id, hello.payload.software_version)
         log.info("controller of cluster %s connected (%s)", cluster_id, hello.payload.software_version)
@@ -162,6 +164,25 @@ class ControllerHub:
                 payload=protocol.ErrorPayload(code=protocol.ErrorCode.internal, message=why, of=command_id)
             )
             await self._push_reply(key, protocol.encode(error))
+
+    async def close_revoked(self) -> int:
+        """Close (4001) the connections whose cluster's key was rotated or which were deleted since they connected."""
+        held = list(self.connections.values())
+        if not held:
+            return 0
+
+        def lookup() -> dict[uuid.UUID, str]:
+            with self.database.session() as session:
+                return current_key_hashes(session, [c.cluster_id for c in held])
+
+        current = await asyncio.to_thread(lookup)
+        closed = 0
+        for conn in held:
+            if current.get(conn.cluster_id) != conn.key_hash and self.connections.get(conn.cluster_id) is conn:
+                log.warning("controller of cluster %s disconnected: its API key was rotated", conn.cluster_id)
+                await conn.websocket.close(CLOSE_UNAUTHORIZED, "unauthorized: wrong or rotated API key")
+                closed += 1
+        return closed
 
     # ------------------------------------------------------------ frames from the controller
 

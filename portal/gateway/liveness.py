@@ -150,3 +150,17 @@ async def sweep_loop(database: Database, stats: Stats, offline_after: float, eve
         if flipped:
             stats.clusters_marked_offline += len(flipped)
             log.info("%d cluster(s) offline: no heartbeat for %.1f s", len(flipped), offline_after)
+
+
+async def revocation_loop(hub, every: float, stop: asyncio.Event) -> None:
+    """Close controllers whose API key was rotated (or whose cluster was deleted) while they were connected."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+            return
+        except TimeoutError:
+            pass
+        try:
+            await hub.close_revoked()
+        except Exception:
+            log.exception("API key revocation check failed")

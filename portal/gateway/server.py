@@ -16,7 +16,7 @@ from websockets.http11 import Request, Response
 
 from portal.db import Database
 from portal.gateway.controllers import ControllerHub
-from portal.gateway.liveness import HeartbeatBuffer, Stats, flush_loop, sweep_loop
+from portal.gateway.liveness import HeartbeatBuffer, Stats, flush_loop, revocation_loop, sweep_loop
 from portal.settings import Settings
 
 log = logging.getLogger("kaiden.gateway")
@@ -31,6 +31,7 @@ class GatewayConfig:
     flush_seconds: float = 1.0
     offline_after: float = 45.0  # no heartbeat for this long → offline
     sweep_seconds: float = 7.5
+    key_check_seconds: float = 5.0  # how soon a rotated key disconnects a live controller
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:
@@ -39,6 +40,7 @@ class GatewayConfig:
             flush_seconds=float(settings.heartbeat_flush_seconds),
             offline_after=offline_after,
             sweep_seconds=max(0.1, min(settings.heartbeat_interval / 2, offline_after / 3)),
+            key_check_seconds=5.0,
         )
 
 
@@ -111,6 +113,7 @@ class Gateway:
             asyncio.create_task(
                 sweep_loop(self.database, self.stats, self.config.offline_after, self.config.sweep_seconds, self._stop)
             ),
+            asyncio.create_task(revocation_loop(self.hub, self.config.key_check_seconds, self._stop)),
         ]
         bound = self._server.sockets[0].getsockname()[1]
         log.info("gateway on ws://%s:%s/", host, bound)

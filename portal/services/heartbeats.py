@@ -231,6 +231,15 @@ def cluster_key_matches(session: Session, cluster_id: uuid.UUID, key: str) -> tu
     return True, found is not None and found.id == cluster_id
 
 
-def clusters_by_id(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Cluster]:
-    """Unscoped lookup for system processes (no user actor)."""
-    return {c.id: c for c in session.scalars(select(Cluster).where(Cluster.id.in_(list(ids))))}
+def current_key_hashes(session: Session, ids: Iterable[uuid.UUID], chunk: int = 1000) -> dict[uuid.UUID, str]:
+    """Cluster id → hash of its current API key (deleted clusters are absent), for the gateway's revocation check."""
+    table = Cluster.__table__
+    wanted = list(ids)
+    found: dict[uuid.UUID, str] = {}
+    for start in range(0, len(wanted), chunk):
+        part = wanted[start : start + chunk]
+        found.update(
+            (row[0], row[1])
+            for row in session.execute(select(table.c.id, table.c.api_key_hash).where(table.c.id.in_(part)))
+        )
+    return found

@@ -117,6 +117,20 @@ def test_wrong_key_unknown_cluster_and_rotated_key_are_refused(app, gateway) -> 
     assert cluster_row(app, cluster_id).node_count == 1
 
 
+def test_rotating_the_key_disconnects_the_live_controller(app, gateway) -> None:
+    cluster_id, key = _new_cluster(app)
+    with _raw(gateway, cluster_id, key) as ws:
+        ws.send(_hello())
+        wait_until(lambda: len(gateway.gateway.hub.connections) == 1, 5, "connected")
+        time.sleep(FAST.key_check_seconds * 2)
+        assert len(gateway.gateway.hub.connections) == 1  # an unchanged key keeps the connection
+        with database_of(app).session() as session:
+            cluster = session.get(Cluster, uuid.UUID(cluster_id))
+            cluster_service.rotate_api_key(session, make_admin(session), cluster)
+        assert _closed_with(ws) == (4001, "unauthorized: wrong or rotated API key")
+    wait_until(lambda: not gateway.gateway.hub.connections, 5, "connection dropped")
+
+
 def test_first_frame_must_be_a_controller_hello(app, gateway) -> None:
     cluster_id, key = _new_cluster(app)
     with _raw(gateway, cluster_id, key) as ws:
