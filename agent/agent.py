@@ -13,6 +13,7 @@ import platform
 import signal
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, requir
 log = logging.getLogger("kaiden.agent")
 
 CAPABILITIES = ["ping"]
+STABLE_SECONDS = 10.0  # a connection that lasted this long resets the backoff (a refused one never does)
 
 
 @dataclass(frozen=True)
@@ -148,15 +150,21 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected to the controller until `stop` is set."""
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self._session(stop)
             except InvalidStatus as exc:
                 log.warning("controller refused the connection: HTTP %s", exc.response.status_code)
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                log.warning("controller closed the connection (%s %s)", code, exc.rcvd.reason if exc.rcvd else "")
             except (OSError, WebSocketException, TimeoutError) as exc:
                 log.info("controller connection lost: %s", exc.__class__.__name__)
             self.connected.clear()
             if stop.is_set():
                 break
+            if time.monotonic() - started >= STABLE_SECONDS:
+                self.backoff.reset()  # it was a healthy connection: come back quickly
             delay = self.backoff.next_delay()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -180,7 +188,6 @@ class Agent:
             )
             await ws.send(protocol.encode(hello))
             await self._send_facts(ws)
-            self.backoff.reset()
             self.connected.set()
             log.info("connected to the controller as node %s", self.config.node_name)
             reporter = asyncio.create_task(self._report_facts(ws))

@@ -31,6 +31,7 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4009
 _SESSION_COMMANDS = (protocol.StopTunnel, protocol.TerminalData, protocol.TerminalResize, protocol.TerminalClose)
 _MAX_LABELS = 128
+STABLE_SECONDS = 10.0  # a connection that lasted this long resets the backoff (a refused one never does)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def _merged(fields: dict[str, Any], state: AgentState | None) -> protocol.NodeRe
 @dataclass
 class Controller:
     config: ControllerConfig
-    reader: Any = None  # KubernetesReader (or anything with .read())
+    reader: Any = None  # KubernetesReader (or anything with .read()); None: agent-only nodes
+    reader_factory: Any = None  # called (in a thread) until it returns a reader: the API may be down at start
     agents: dict[str, AgentState] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)  # session id → node name
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -217,6 +219,7 @@ class Controller:
     async def run_cloud(self, stop: asyncio.Event) -> None:
         """Stay connected to the gateway until `stop` is set, reconnecting with backoff and jitter."""
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self._cloud_session(stop)
             except InvalidStatus as exc:
@@ -231,6 +234,8 @@ class Controller:
             self._cloud = None
             if stop.is_set():
                 break
+            if time.monotonic() - started >= STABLE_SECONDS:
+                self.backoff.reset()  # it was a healthy connection: come back quickly
             delay = self.backoff.next_delay()
             log.info("reconnecting in %.1f s", delay)
             try:
@@ -252,7 +257,7 @@ class Controller:
             )
             await ws.send(protocol.encode(hello))
             self._cloud = ws
-            log.info("connected to the gateway %s", self.config.cloud_endpoint)
+            log.info("connected to the gateway %s, hello sent", self.config.cloud_endpoint)
             beats = asyncio.create_task(self._heartbeats(ws))
             reader = asyncio.create_task(self._read_cloud(ws))
             stopper = asyncio.create_task(stop.wait())
@@ -270,6 +275,11 @@ class Controller:
     # ------------------------------------------------------------ heartbeats
 
     async def heartbeat_message(self) -> protocol.Heartbeat:
+        if self.reader is None and self.reader_factory is not None:
+            try:
+                self.reader = await asyncio.to_thread(self.reader_factory)
+            except Exception as exc:  # heartbeat anyway: the cluster is alive even when its API is not readable
+                log.warning("cannot read the Kubernetes API yet (%s): %s", exc.__class__.__name__, str(exc)[:200])
         if self.reader is not None:
             try:
                 self._last_kubernetes = await asyncio.to_thread(self.reader.read)
@@ -283,13 +293,9 @@ class Controller:
         )
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
-        first = True
         while True:
             started = time.monotonic()
             await ws.send(protocol.encode(await self.heartbeat_message()))
-            if first:
-                self.backoff.reset()  # a connection that got this far counts as healthy
-                first = False
             await asyncio.sleep(max(0.0, self.config.heartbeat_interval - (time.monotonic() - started)))
 
     # ------------------------------------------------------------ commands from the cloud
@@ -419,8 +425,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reader = await asyncio.to_thread(KubernetesReader, config.kubeconfig)
-        await Controller(config, reader=reader).run(stop)
+        await Controller(config, reader_factory=lambda: KubernetesReader(config.kubeconfig)).run(stop)
 
     asyncio.run(runner())
     return 0

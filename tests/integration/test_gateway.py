@@ -96,6 +96,21 @@ def test_controller_and_agents_bring_the_cluster_online_with_nodes(app, runtime)
     assert node.status == NodeStatus.unknown and node.last_seen is not None
 
 
+def test_the_controller_refuses_agents_without_the_derived_token(app, runtime) -> None:
+    cluster_id, key = _new_cluster(app)
+    controller = runtime.controller(cluster_id, key)
+    url = f"ws://127.0.0.1:{controller.obj.listen_port}/agent"
+    for token in ("", key, protocol.agent_token(key + "x")):  # the cluster key itself is not an agent token
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}", "X-Kaiden-Node-Name": "n1"}) as ws:
+            assert _closed_with(ws) == (4001, "unauthorized: bad agent token")
+    good = {"Authorization": f"Bearer {protocol.agent_token(key)}", "X-Kaiden-Node-Name": "n1"}
+    with connect(url, additional_headers=good) as ws:
+        ws.send("{")  # not a hello
+        assert protocol.decode(ws.recv(timeout=5)).type == "error"
+        assert _closed_with(ws)[0] == 4400
+    assert controller.obj.agents == {}
+
+
 def test_wrong_key_unknown_cluster_and_rotated_key_are_refused(app, gateway) -> None:
     cluster_id, key = _new_cluster(app)
     with _raw(gateway, cluster_id, key + "x") as ws:
