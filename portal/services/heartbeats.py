@@ -20,9 +20,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import HeartbeatPayload, NodeReport
 from portal.models import AgentStatus, Cluster, ClusterStatus, Node, NodeStatus
-from portal.models.base import new_id
-
-_NODE_ROWS_PER_STATEMENT = 500
+from portal.models.base import new_id, utcnow
 
 
 @dataclass
@@ -166,33 +164,38 @@ def record_cluster_updates(
             if report.name not in seen_names:  # a duplicate name in one report: first wins
                 seen_names.add(report.name)
                 rows.append(_node_row(u.cluster_id, report, u.seen_at))
-    insert = _insert_for(session)
-    for start in range(0, len(rows), _NODE_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _NODE_ROWS_PER_STATEMENT]
-        stmt = insert(Node.__table__).values(chunk)
+    if rows:
+        # executemany of one cached statement: SQLAlchemy batches it ("insertmanyvalues") without
+        # compiling a new multi-row statement per batch size
+        stmt = _insert_for(session)(Node.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=["cluster_id", "name"], set_={c: stmt.excluded[c] for c in _UPSERT_COLUMNS}
         )
-        session.execute(stmt)
-    absent = 0
-    node_table = Node.__table__
+        session.execute(stmt, rows)
+    # nodes absent from a report: only clusters whose node set changed since this caller last wrote it
+    changed = {}
     for u in beats:
         assert u.heartbeat is not None
         names = frozenset(n.name for n in u.heartbeat.nodes)
-        if known.get(u.cluster_id) == names:
-            continue
-        stmt = (
-            update(node_table)
-            .where(
-                node_table.c.cluster_id == u.cluster_id,
+        if known.get(u.cluster_id) != names:
+            changed[u.cluster_id] = names
+    absent = 0
+    if changed:
+        node_table = Node.__table__
+        stored = session.execute(
+            select(node_table.c.id, node_table.c.cluster_id, node_table.c.name).where(
+                node_table.c.cluster_id.in_(list(changed)),
                 or_(node_table.c.status != NodeStatus.unknown, node_table.c.agent_status != AgentStatus.offline),
             )
-            .values(status=NodeStatus.unknown, agent_status=AgentStatus.offline, updated_at=u.seen_at)
         )
-        if names:
-            stmt = stmt.where(node_table.c.name.not_in(sorted(names)))
-        absent += session.execute(stmt).rowcount or 0
-        known[u.cluster_id] = names
+        gone = [row[0] for row in stored if row[2] not in changed[row[1]]]
+        if gone:
+            absent = session.execute(
+                update(node_table)
+                .where(node_table.c.id.in_(gone))
+                .values(status=NodeStatus.unknown, agent_status=AgentStatus.offline, updated_at=utcnow())
+            ).rowcount
+        known.update(changed)
     return FlushResult(len(updates), len(rows), absent)
 
 
