@@ -21,6 +21,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -344,6 +345,8 @@ def main() -> int:
     args.steps = sorted({int(x) for x in args.steps.split(",") if x.strip()})
     if args.max_n:
         args.steps = [n for n in args.steps if n <= args.max_n] or [args.max_n]
+    # SIGTERM unwinds like Ctrl-C, so the gateway, PostgreSQL and Redis started here are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fd_limit = raise_fd_limit()
     if fd_limit < args.steps[-1] + 200:
         print(f"fd limit {fd_limit} is too low for N={args.steps[-1]}; raise `ulimit -Hn`", file=sys.stderr)
