@@ -121,12 +121,17 @@ class HeartbeatBuffer:
 
 
 async def flush_loop(buffer: HeartbeatBuffer, every: float, stop: asyncio.Event) -> None:
+    """Flush every `every` seconds, counted from the start of the previous flush (a slow flush is not
+    followed by a full idle period: under load the gateway writes back to back)."""
+    pause = every
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
+            await asyncio.wait_for(stop.wait(), timeout=pause)
         except TimeoutError:
             pass
+        started = time.monotonic()
         await buffer.flush()
+        pause = max(0.0, every - (time.monotonic() - started))
 
 
 async def sweep_loop(database: Database, stats: Stats, offline_after: float, every: float, stop: asyncio.Event) -> None:
