@@ -1,5 +1,5 @@
 """Benchmark of the gateway: N concurrent simulated controllers (real websocket clients speaking the protocol
-module) each sending a heartbeat with a few nodes every interval, N stepping up (100 → 1,000 → 10,000).
+module) each sending a heartbeat with a few nodes every interval, N stepping up (100 → 1,000 → 3,000 → 10,000).
 
     python bench/gateway.py [--steps 100,1000,3000,10000] [--max-n N] [--interval 15] [--window 30] [--nodes 3]
                             [--database-url URL --redis-url URL] [--json FILE]
