@@ -10,6 +10,8 @@ import urllib.request
 import uuid
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -284,3 +286,37 @@ def test_heartbeats_are_written_in_batches(app, gateway) -> None:
     assert 1 <= flushes < 20  # many heartbeats, few transactions
     with database_of(app).session() as session:
         assert session.scalar(select(Node.name).where(Node.cluster_id == uuid.UUID(cluster_id))) == "n1"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=10,
+)
+_frames = st.one_of(
+    st.text(max_size=100),
+    st.binary(max_size=100),
+    _json.map(json.dumps),
+    st.fixed_dictionaries(
+        {"v": st.just(1), "type": st.sampled_from(sorted(protocol.TYPE_NAMES)), "payload": _json}
+    ).map(json.dumps),
+)
+
+
+def test_any_bad_frame_gets_an_error_frame_and_the_connection_stays(app, gateway) -> None:
+    cluster_id, key = _new_cluster(app)
+    with _raw(gateway, cluster_id, key) as ws:
+        ws.send(_hello())
+
+        @settings(max_examples=150, deadline=None, derandomize=True)
+        @given(_frames)
+        def check(frame: str | bytes) -> None:
+            assume(protocol.decode_or_error(frame)[1] is not None)  # only frames the protocol refuses
+            ws.send(frame)
+            answer = protocol.decode(ws.recv(timeout=5))
+            assert answer.type == "error"
+
+        check()
+        ws.send(_heartbeat(cluster_id, "still-here"))
+        wait_until(lambda: cluster_row(app, cluster_id).node_count == 1, 5, "a heartbeat after the fuzzing")
+    assert gateway.gateway.stats.frame_errors >= 100
