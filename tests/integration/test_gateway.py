@@ -23,7 +23,7 @@ from portal import database_of, redis_of
 from portal.gateway import Gateway
 from portal.models import AgentStatus, Cluster, ClusterStatus, Node, NodeStatus
 from portal.services import clusters as cluster_service
-from portal.services.cluster_commands import ClusterUnavailable, CommandTimeout, events_channel, send_command
+from portal.services.cluster_commands import ClusterUnavailable, CommandTimeout, events_channel, reply_key, send_command
 from tests.d1_support import FAST, RunningGateway, cluster_row, wait_until
 from tests.factories import make_admin, make_cluster
 
@@ -262,7 +262,7 @@ def test_command_round_trip_through_redis_gateway_controller_agent(app, runtime)
         protocol.StopTunnel(payload=protocol.SessionRef(session_id="s-unknown")),
     )
     assert isinstance(reply, protocol.Error) and "unknown session" in reply.payload.message
-    assert not redis.keys("kaiden:reply:*")  # replies are consumed, nothing left behind
+    assert not redis.exists(reply_key("cmd-1"))  # the reply was consumed, nothing left behind
 
 
 def test_a_command_nobody_answers_times_out(app, gateway) -> None:
