@@ -215,13 +215,13 @@ class Processes:
     logs: Path
     children: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, module: str, env: dict[str, str], name: str) -> subprocess.Popen:
+    def start(self, module: str, env: dict[str, str], name: str, args: list[str] | None = None) -> subprocess.Popen:
         full = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
         full.update(env)
         full.setdefault("LOG_LEVEL", "INFO")
         log = open(self.logs / f"{name}.log", "ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", module], env=full, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module, *(args or [])], env=full, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         self.children.append(child)

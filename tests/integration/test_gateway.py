@@ -24,7 +24,7 @@ from portal.gateway import Gateway
 from portal.models import AgentStatus, Cluster, ClusterStatus, Node, NodeStatus
 from portal.services import clusters as cluster_service
 from portal.services.cluster_commands import ClusterUnavailable, CommandTimeout, events_channel, reply_key, send_command
-from tests.d1_support import FAST, RunningGateway, cluster_row, wait_until
+from tests.d1_support import FAST, RunningGateway, cluster_row, free_port, wait_until
 from tests.factories import make_admin, make_cluster
 
 pytestmark = pytest.mark.integration
@@ -392,3 +392,44 @@ def test_session_commands_follow_the_node_of_their_session(app, runtime) -> None
     close = protocol.TerminalClose(payload=protocol.TerminalClosePayload(session_id="s-9"))
     send_command(redis, cluster_id, close)
     assert controller.obj.sessions == {}
+
+
+def test_kaiden_gateway_command_serves_a_controller_process(app, settings, processes, tmp_path) -> None:
+    """The wiring of `kaiden gateway` (what `kaiden up` starts) to this package, with real processes."""
+    cluster_id, key = _new_cluster(app)
+    port = free_port()
+    processes.start(
+        "portal.cli",
+        {
+            "KAIDEN_HOME": str(tmp_path / "home"),
+            "KAIDEN_DATABASE_URL": settings.database_url,
+            "KAIDEN_REDIS_URL": settings.redis_url or "",
+            "KAIDEN_SECRET_KEY": "test",
+            "KAIDEN_GATEWAY_PORT": str(port),
+            "KAIDEN_HEARTBEAT_FLUSH_SECONDS": "0.2",
+        },
+        "gateway",
+        args=["gateway"],
+    )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, 30, "kaiden gateway answering /healthz")
+    processes.controller(
+        {
+            "CLUSTER_ID": cluster_id,
+            "API_KEY": key,
+            "CLOUD_ENDPOINT": f"ws://127.0.0.1:{port}",
+            "HEARTBEAT_INTERVAL": "0.5",
+            "CONTROLLER_LISTEN": "127.0.0.1:0",
+            "KUBECONFIG": str(tmp_path / "missing-kubeconfig"),  # unreadable API: heartbeats go on regardless
+        }
+    )
+    wait_until(lambda: cluster_row(app, cluster_id).status == ClusterStatus.online, 30, "online via kaiden gateway")
+    assert cluster_row(app, cluster_id).controller_version == "0.1.0"
+    assert "cannot read the Kubernetes API" in processes.log_of("controller")
