@@ -84,7 +84,12 @@ class ControllerHub:
         except ValueError:
             await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster: X-Kaiden-Cluster-Id missing or malformed")
             return
-        exists, key_ok = await asyncio.to_thread(self._check_key, cluster_id, key)
+        try:
+            exists, key_ok = await asyncio.to_thread(self._check_key, cluster_id, key)
+        except Exception:
+            log.exception("cannot check the key of cluster %s", cluster_id)
+            await websocket.close(1011, "gateway cannot reach its database; retry later")
+            return
         if not exists:
             await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster")
             return
