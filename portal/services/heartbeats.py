@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import String, Uuid, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -107,6 +108,30 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
+def _touch_nodes(session: Session, pairs: list[tuple[uuid.UUID, str]], seen: datetime) -> int:
+    """Move `last_seen` of the given (cluster, node name) pairs, through the (cluster_id, name) unique index."""
+    node_table = Node.__table__
+    touched = 0
+    if session.get_bind().dialect.name == "postgresql":
+        # a join on two parallel arrays: PostgreSQL plans a row-value IN list as a scan of the table
+        for part in _chunks(pairs):
+            wanted = select(
+                func.unnest(bindparam("cids", [p[0] for p in part], type_=ARRAY(Uuid))).label("cid"),
+                func.unnest(bindparam("names", [p[1] for p in part], type_=ARRAY(String))).label("name"),
+            ).subquery()
+            stmt = (
+                update(node_table)
+                .where(node_table.c.cluster_id == wanted.c.cid, node_table.c.name == wanted.c.name)
+                .values(last_seen=seen)
+            )
+            touched += session.execute(stmt).rowcount or 0
+        return touched
+    for part in _chunks(pairs):  # SQLite (the embedded default, few clusters): a row-value IN list
+        stmt = update(node_table).where(tuple_(node_table.c.cluster_id, node_table.c.name).in_(part))
+        touched += session.execute(stmt.values(last_seen=seen)).rowcount or 0
+    return touched
+
+
 def record_cluster_updates(
     session: Session, updates: Sequence[ClusterUpdate], *, cache: WriteCache | None = None
 ) -> FlushResult:
@@ -156,15 +181,7 @@ def record_cluster_updates(
                 update(table).where(table.c.id.in_(part)).values(status=ClusterStatus.online, last_heartbeat=latest)
             )
         pairs = [(u.cluster_id, name) for u in steady for name in sorted(cache[u.cluster_id][1])]
-        for part in _chunks(pairs):
-            touched += (
-                session.execute(
-                    update(node_table)
-                    .where(tuple_(node_table.c.cluster_id, node_table.c.name).in_(part))
-                    .values(last_seen=latest)
-                ).rowcount
-                or 0
-            )
+        touched = _touch_nodes(session, pairs, latest)
 
     if full:
         stmt = (
