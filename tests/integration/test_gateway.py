@@ -419,7 +419,7 @@ def test_kaiden_gateway_command_serves_a_controller_process(app, settings, proce
         except OSError:
             return False
 
-    wait_until(healthy, 30, "kaiden gateway answering /healthz")
+    wait_until(healthy, 60, "kaiden gateway answering /healthz")
     processes.controller(
         {
             "CLUSTER_ID": cluster_id,
@@ -430,6 +430,6 @@ def test_kaiden_gateway_command_serves_a_controller_process(app, settings, proce
             "KUBECONFIG": str(tmp_path / "missing-kubeconfig"),  # unreadable API: heartbeats go on regardless
         }
     )
-    wait_until(lambda: cluster_row(app, cluster_id).status == ClusterStatus.online, 30, "online via kaiden gateway")
+    wait_until(lambda: cluster_row(app, cluster_id).status == ClusterStatus.online, 60, "online via kaiden gateway")
     assert cluster_row(app, cluster_id).controller_version == "0.1.0"
     assert "cannot read the Kubernetes API" in processes.log_of("controller")
