@@ -157,8 +157,9 @@ def record_cluster_updates(
         flipped.update(
             session.scalars(select(table.c.id).where(table.c.id.in_(part), table.c.status != ClusterStatus.online))
         )
-    steady = [u for u in beats if u.cluster_id in set(candidates) - flipped]
-    full = [u for u in beats if u.cluster_id not in set(candidates) - flipped]
+    steady_ids = set(candidates) - flipped
+    steady = [u for u in beats if u.cluster_id in steady_ids]
+    full = [u for u in beats if u.cluster_id not in steady_ids]
 
     if plain:
         stmt = (
