@@ -38,7 +38,7 @@ def check_kubeconfig(text: str, context: str | None) -> None:
     """A kubeconfig document with clusters, users and contexts (and `context` among them): else 422."""
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except Exception:  # YAMLError, and the constructors' ValueErrors (e.g. an impossible date)
         raise ValidationError("Invalid kubeconfig.", fields={"kubeconfig": "is not valid YAML"}) from None
     if not isinstance(data, dict) or not isinstance(data.get("clusters"), list) or not data["clusters"]:
         raise ValidationError("Invalid kubeconfig.", fields={"kubeconfig": "must be a kubeconfig with clusters"})
