@@ -26,7 +26,6 @@ AGENT = "kaiden-agent"
 SECRET_NAME = "kaiden-cluster"  # noqa: S105  (the Secret object's name, not a secret)
 CONTROLLER_PORT = 7070
 KEY_HEADER = "X-Kaiden-Cluster-Key"
-AGENT_PATH = "/api/v1/agent/connect"
 # The controller reads nodes (names, status, addresses, capacity) and nothing else.
 CONTROLLER_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
@@ -35,8 +34,9 @@ PART_OF = "kaiden"
 
 
 def cloud_endpoint(settings: Settings) -> str:
-    """The gateway URL controllers dial (`<gateway_url>/api/v1/agent/connect`)."""
-    return settings.gateway_url + AGENT_PATH
+    """The controller's CLOUD_ENDPOINT: the gateway's base URL (docs/agents.md); the controller
+    appends `/api/v1/agent/connect` itself."""
+    return settings.gateway_url
 
 
 def controller_url() -> str:

@@ -49,7 +49,7 @@ def test_bundle_parses_into_every_object_in_apply_order(app):
     assert data == {
         "CLUSTER_ID": str(cluster_id),
         "API_KEY": "kdc_secretvalue",
-        "CLOUD_ENDPOINT": settings.gateway_url + "/api/v1/agent/connect",
+        "CLOUD_ENDPOINT": settings.gateway_url,  # the controller appends /api/v1/agent/connect
     }
 
 
