@@ -29,7 +29,6 @@ class OperationOut(ResponseModel):
     params: dict[str, Any] = Field(description="The inputs, secrets redacted.")
     result: dict[str, Any] | None
     error: str | None
-    log: str = Field("", description="The job's event log (redacted), e.g. Ansible task results.")
     requested_by_id: uuid.UUID | None
     cancel_requested: bool
     created_at: datetime
