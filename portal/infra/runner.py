@@ -121,6 +121,7 @@ def run_playbook(
     total = count_tasks(path)
     started = 0
     failure: str | None = None
+    stats: dict[str, int] = {}  # from the playbook_on_stats event (events are not kept on disk)
 
     def event_handler(event: dict[str, Any]) -> bool:
         nonlocal started, failure
@@ -128,7 +129,11 @@ def run_playbook(
         data = event.get("event_data") or {}
         task = redact(str(data.get("task") or ""), secrets)
         record: TaskEvent | None = None
-        if kind == "playbook_on_task_start":
+        if kind == "playbook_on_stats":
+            for name in ("ok", "changed", "failures", "dark", "skipped", "ignored", "rescued"):
+                per_host = data.get(name) or {}
+                stats[name] = sum(int(count) for count in per_host.values()) if isinstance(per_host, dict) else 0
+        elif kind == "playbook_on_task_start":
             started += 1
             record = TaskEvent("start", task, started=started, total=total)
         elif kind in _RESULT_EVENTS:
@@ -175,10 +180,6 @@ def run_playbook(
         timeout=timeout,
         rotate_artifacts=1,
     )
-    stats: dict[str, int] = {}
-    for name, per_host in (runner.stats or {}).items():
-        if isinstance(per_host, dict):
-            stats[name] = sum(int(v) for v in per_host.values())
     if runner.status != "successful" and failure is None:
         failure = f"the playbook ended with status {runner.status} (exit {runner.rc})"
     return PlaybookResult(status=runner.status, rc=runner.rc, stats=stats, failure=failure)
