@@ -3,13 +3,16 @@ agents, versioned and validated the same way on both ends. The one definition; i
 
 A frame is one JSON object: `{"v": 1, "type": "...", "id": "optional correlation id", "payload": {...}}`.
 Seed 000 §5.2 gives heartbeat, start_tunnel, stop_tunnel, tunnel_ready and tunnel_error; we add hello,
-ack/error and the terminal messages used by relay sessions.
+ack/error, node_facts (agent → controller), ping/pong and the terminal messages used by relay sessions.
+A reply carries the `id` of the command it answers (ack/error: `payload.of`); see docs/agents.md.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -20,10 +23,13 @@ from pydantic import ValidationError as PydanticValidationError
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 MAX_FRAME_BYTES = 1024 * 1024
+AGENT_TOKEN_CONTEXT = b"kaiden-agent-v1"
 
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 Ident = Annotated[str, Field(min_length=1, max_length=128)]
 ShortText = Annotated[str, Field(max_length=1000)]
+LabelKey = Annotated[str, Field(max_length=317)]  # Kubernetes: 253-character prefix + "/" + 63-character name
+LabelValue = Annotated[str, Field(max_length=63)]
 
 
 class ErrorCode(StrEnum):
@@ -34,6 +40,7 @@ class ErrorCode(StrEnum):
     invalid = "invalid"  # a known message whose fields are wrong
     unauthorized = "unauthorized"
     not_found = "not_found"
+    unsupported = "unsupported"  # understood, but this peer cannot do it (yet)
     internal = "internal"
 
 
@@ -73,6 +80,35 @@ class NodeReport(_Strict):
     os_image: Annotated[str, Field(max_length=255)] | None = None
     kernel_version: Annotated[str, Field(max_length=255)] | None = None
     kubelet_version: Annotated[str, Field(max_length=64)] | None = None
+    architecture: Annotated[str, Field(max_length=32)] | None = None
+    roles: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=32)] = []
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]], Field(max_length=128)
+    ] = {}
+
+
+class NodeFactsPayload(_Strict):
+    """What an agent reads on its host (agent → controller)."""
+
+    node_name: Name
+    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+    hostname: Annotated[str, Field(max_length=253)] | None = None
+    ips: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = []
+    os: Annotated[str, Field(max_length=255)] | None = None
+    kernel: Annotated[str, Field(max_length=255)] | None = None
+    architecture: Annotated[str, Field(max_length=32)] | None = None
+    cpu_count: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    memory_bytes: Annotated[int, Field(ge=0)] | None = None
+
+
+class PingPayload(_Strict):
+    node_name: Name | None = None  # None: the controller answers itself
+
+
+class PongPayload(_Strict):
+    role: Literal["controller", "agent"]
+    node_name: Name | None = None
+    software_version: Annotated[str, Field(max_length=64)] | None = None
 
 
 class HeartbeatPayload(_Strict):
@@ -165,6 +201,21 @@ class Heartbeat(_Message):
     payload: HeartbeatPayload
 
 
+class NodeFacts(_Message):
+    type: Literal["node_facts"] = "node_facts"
+    payload: NodeFactsPayload
+
+
+class Ping(_Message):
+    type: Literal["ping"] = "ping"
+    payload: PingPayload = PingPayload()
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+    payload: PongPayload
+
+
 class StartTunnel(_Message):
     type: Literal["start_tunnel"] = "start_tunnel"
     payload: StartTunnelPayload
@@ -218,6 +269,9 @@ class TerminalClose(_Message):
 MESSAGE_TYPES: tuple[type[_Message], ...] = (
     Hello,
     Heartbeat,
+    NodeFacts,
+    Ping,
+    Pong,
     StartTunnel,
     StopTunnel,
     TunnelReady,
@@ -234,6 +288,9 @@ TYPE_NAMES = frozenset(cls.model_fields["type"].default for cls in MESSAGE_TYPES
 Message = Annotated[
     Hello
     | Heartbeat
+    | NodeFacts
+    | Ping
+    | Pong
     | StartTunnel
     | StopTunnel
     | TunnelReady
@@ -289,6 +346,21 @@ def decode(frame: str | bytes) -> _Message:
         raise ProtocolError(ErrorCode.invalid, f"{kind}: {where}: {first['msg']}", of=correlation) from exc
     except RecursionError as exc:
         raise ProtocolError(ErrorCode.malformed, "frame is nested too deeply") from exc
+
+
+def reply_id(message: _Message) -> str | None:
+    """The command id a message answers: `payload.of` for ack/error, else the message's own `id`."""
+    if isinstance(message, Ack | Error) and message.payload.of:
+        return message.payload.of
+    return message.id
+
+
+def agent_token(api_key: str) -> str:
+    """The token an agent presents to its controller: HMAC-SHA256(api_key, "kaiden-agent-v1"), hex.
+
+    Derived, so an agent (or a leaked agent token) cannot authenticate to the cloud as the cluster.
+    """
+    return hmac.new(api_key.encode(), AGENT_TOKEN_CONTEXT, hashlib.sha256).hexdigest()
 
 
 def error_frame(error: ProtocolError) -> str:

@@ -20,7 +20,7 @@ from portal import create_app, database_of
 from portal.db import Base
 from portal.settings import Settings, load_settings
 
-pytest_plugins = ["tests.fixtures.clusters"]
+pytest_plugins = ["tests.fixtures.clusters", "tests.d1_support"]
 
 TEST_DATABASE_URL = os.environ.get("KAIDEN_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("KAIDEN_TEST_REDIS_URL", "")

@@ -50,6 +50,21 @@ EXAMPLES: list[p._Message] = [
     p.TerminalData(payload=p.TerminalDataPayload(session_id="s-1", data=base64.b64encode(b"ls\r").decode())),
     p.TerminalResize(payload=p.TerminalResizePayload(session_id="s-1", cols=100, rows=30)),
     p.TerminalClose(payload=p.TerminalClosePayload(session_id="s-1", reason="ended")),
+    p.NodeFacts(
+        payload=p.NodeFactsPayload(
+            node_name="node-01",
+            agent_version="0.1.0",
+            hostname="node-01",
+            ips=["10.0.0.1", "fe80::1"],
+            os="Debian GNU/Linux 13",
+            kernel="6.12.0",
+            architecture="x86_64",
+            cpu_count=4,
+            memory_bytes=16 * 2**30,
+        )
+    ),
+    p.Ping(id="m-2", payload=p.PingPayload(node_name="node-01")),
+    p.Pong(id="m-2", payload=p.PongPayload(role="agent", node_name="node-01", software_version="0.1.0")),
 ]
 
 
@@ -106,6 +121,29 @@ def test_bad_frames_get_a_typed_error(frame: str, code: p.ErrorCode) -> None:
     assert message is None
     answer = p.decode(reply)
     assert answer.type == "error" and answer.payload.code == code
+
+
+def test_heartbeat_nodes_carry_roles_and_labels() -> None:
+    report = p.NodeReport(
+        name="n", status="ready", architecture="amd64", roles=["control-plane"], labels={"kubernetes.io/os": "linux"}
+    )
+    beat = p.Heartbeat(payload=p.HeartbeatPayload(cluster_id="c", nodes=[report]))
+    assert p.decode(p.encode(beat)).payload.nodes[0].labels == {"kubernetes.io/os": "linux"}
+
+
+def test_reply_id_matches_commands_to_answers() -> None:
+    assert p.reply_id(p.Pong(id="m-9", payload=p.PongPayload(role="controller"))) == "m-9"
+    assert p.reply_id(p.Ack(payload=p.AckPayload(of="m-8"))) == "m-8"
+    assert p.reply_id(p.Error(id="x", payload=p.ErrorPayload(code=p.ErrorCode.invalid, message="m", of="m-7"))) == "m-7"
+
+
+def test_agent_token_is_hmac_of_the_key() -> None:
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"kdc_abc", b"kaiden-agent-v1", hashlib.sha256).hexdigest()
+    assert p.agent_token("kdc_abc") == expected
+    assert p.agent_token("kdc_abd") != expected and "kdc_abc" not in expected
 
 
 def test_error_frame_carries_the_correlation_id() -> None:

@@ -1,0 +1,286 @@
+"""`WS /api/v1/agent/connect`: controllers' connections — handshake, one live connection per cluster,
+frames in (heartbeats, replies, events), commands out (from Redis). Close codes are in docs/agents.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from agent import protocol
+from portal.crypto import hash_token
+from portal.db import Database
+from portal.gateway.liveness import HeartbeatBuffer, Stats
+from portal.services.cluster_commands import REPLY_TTL_SECONDS, control_channel, events_channel
+from portal.services.heartbeats import cluster_key_matches, current_key_hashes
+
+log = logging.getLogger("kaiden.gateway")
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_UNKNOWN_CLUSTER = 4004
+CLOSE_REPLACED = 4009
+CLOSE_PROTOCOL = 4400
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class ControllerConnection:
+    cluster_id: uuid.UUID
+    websocket: ServerConnection
+    key_hash: str = ""  # of the key it authenticated with: a rotation closes the connection
+    connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pending: dict[str, str] = field(default_factory=dict)  # command id → reply list key
+
+
+class ControllerHub:
+    """The controller connections this gateway holds, and their bridge to Redis."""
+
+    def __init__(self, database: Database, redis_url: str, buffer: HeartbeatBuffer, stats: Stats) -> None:
+        self.database = database
+        self.buffer = buffer
+        self.stats = stats
+        self.redis = aioredis.Redis.from_url(redis_url)
+        self.pubsub = self.redis.pubsub()
+        self.connections: dict[uuid.UUID, ControllerConnection] = {}
+        self._own_channel = f"kaiden:gateway:{uuid.uuid4().hex}"
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(self._own_channel)  # keeps the pubsub connection listening
+        self._reader = asyncio.create_task(self._read_control())
+
+    async def close(self) -> None:
+        for conn in list(self.connections.values()):
+            await conn.websocket.close(1001, "gateway shutting down")
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        await self.pubsub.aclose()
+        await self.redis.aclose()
+
+    # ------------------------------------------------------------ handshake
+
+    async def handle(self, websocket: ServerConnection) -> None:
+        headers = websocket.request.headers if websocket.request is not None else {}
+        raw_id = (headers.get("X-Kaiden-Cluster-Id") or "").strip()
+        auth = headers.get("Authorization") or ""
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        try:
+            cluster_id = uuid.UUID(raw_id)
+        except ValueError:
+            await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster: X-Kaiden-Cluster-Id missing or malformed")
+            return
+        exists, key_ok = await asyncio.to_thread(self._check_key, cluster_id, key)
+        if not exists:
+            await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster")
+            return
+        if not key_ok:
+            log.warning("controller of cluster %s refused: wrong or rotated API key", cluster_id)
+            await websocket.close(CLOSE_UNAUTHORIZED, "unauthorized: wrong or rotated API key")
+            return
+        hello = await self._await_hello(websocket)
+        if hello is None:
+            return
+        conn = ControllerConnection(cluster_id=cluster_id, websocket=websocket, key_hash=hash_token(key))
+        await self._register(conn)
+        self.buffer.connected(cluster_id, hello.payload.software_version)
+        log.info("controller of cluster %s connected (%s)", cluster_id, hello.payload.software_version)
+        try:
+            await self._serve(conn)
+        finally:
+            await self._unregister(conn)
+
+    def _check_key(self, cluster_id: uuid.UUID, key: str) -> tuple[bool, bool]:
+        with self.database.session() as session:
+            return cluster_key_matches(session, cluster_id, key)
+
+    async def _await_hello(self, websocket: ServerConnection) -> protocol.Hello | None:
+        try:
+            frame = await asyncio.wait_for(websocket.recv(), timeout=HELLO_TIMEOUT)
+        except (TimeoutError, ConnectionClosed):
+            await websocket.close(CLOSE_PROTOCOL, "hello expected")
+            return None
+        message, error = protocol.decode_or_error(frame)
+        if message is not None and not (isinstance(message, protocol.Hello) and message.payload.role == "controller"):
+            error = protocol.error_frame(
+                protocol.ProtocolError(protocol.ErrorCode.invalid, "the first frame must be a controller hello")
+            )
+        elif isinstance(message, protocol.Hello) and protocol.PROTOCOL_VERSION not in message.payload.protocol_versions:
+            error = protocol.error_frame(
+                protocol.ProtocolError(protocol.ErrorCode.unsupported_version, "no common protocol version")
+            )
+        if error is not None:
+            try:
+                await websocket.send(error)
+            except ConnectionClosed:
+                pass
+            await websocket.close(CLOSE_PROTOCOL, "hello expected")
+            return None
+        return message  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ one live connection per cluster
+
+    async def _register(self, conn: ControllerConnection) -> None:
+        old = self.connections.get(conn.cluster_id)
+        self.connections[conn.cluster_id] = conn
+        if old is not None:
+            await self._replace(old)
+        else:
+            await self.pubsub.subscribe(control_channel(conn.cluster_id))
+        # other gateways holding this cluster close theirs when they read this
+        notice = json.dumps({"kind": "replaced", "connection": conn.connection_id})
+        await self.redis.publish(control_channel(conn.cluster_id), notice)
+
+    async def _replace(self, old: ControllerConnection) -> None:
+        log.info("controller of cluster %s replaced by a newer connection", old.cluster_id)
+        await self._fail_pending(old, "the controller reconnected")
+        await old.websocket.close(CLOSE_REPLACED, "replaced by a newer connection")
+
+    async def _unregister(self, conn: ControllerConnection) -> None:
+        await self._fail_pending(conn, "the controller disconnected")
+        if self.connections.get(conn.cluster_id) is conn:
+            del self.connections[conn.cluster_id]
+            try:
+                await self.pubsub.unsubscribe(control_channel(conn.cluster_id))
+            except Exception:  # the gateway is closing
+                log.debug("unsubscribe failed", exc_info=True)
+        log.info("controller of cluster %s disconnected", conn.cluster_id)
+
+    async def _fail_pending(self, conn: ControllerConnection, why: str) -> None:
+        pending, conn.pending = conn.pending, {}
+        for command_id, key in pending.items():
+            error = protocol.Error(
+                payload=protocol.ErrorPayload(code=protocol.ErrorCode.internal, message=why, of=command_id)
+            )
+            await self._push_reply(key, protocol.encode(error))
+
+    async def close_revoked(self) -> int:
+        """Close (4001) the connections whose cluster's key was rotated or which were deleted since they connected."""
+        held = list(self.connections.values())
+        if not held:
+            return 0
+
+        def lookup() -> dict[uuid.UUID, str]:
+            with self.database.session() as session:
+                return current_key_hashes(session, [c.cluster_id for c in held])
+
+        current = await asyncio.to_thread(lookup)
+        closed = 0
+        for conn in held:
+            if current.get(conn.cluster_id) != conn.key_hash and self.connections.get(conn.cluster_id) is conn:
+                log.warning("controller of cluster %s disconnected: its API key was rotated", conn.cluster_id)
+                await conn.websocket.close(CLOSE_UNAUTHORIZED, "unauthorized: wrong or rotated API key")
+                closed += 1
+        return closed
+
+    # ------------------------------------------------------------ frames from the controller
+
+    async def _serve(self, conn: ControllerConnection) -> None:
+        websocket = conn.websocket
+        try:
+            async for frame in websocket:
+                received = time.monotonic()
+                self.stats.frames += 1
+                message, error = protocol.decode_or_error(frame)
+                if error is not None:
+                    self.stats.frame_errors += 1
+                    log.warning("cluster %s sent a bad frame: %s", conn.cluster_id, json.loads(error)["payload"])
+                    await websocket.send(error)
+                    continue
+                await self._dispatch(conn, message, received)
+                done = time.monotonic()
+                self.stats.handle_latency.append((done, done - received))
+        except ConnectionClosed:
+            pass
+
+    async def _dispatch(self, conn: ControllerConnection, message: protocol._Message, received: float) -> None:
+        if isinstance(message, protocol.Heartbeat):
+            if message.payload.cluster_id != str(conn.cluster_id):
+                self.stats.frame_errors += 1
+                await conn.websocket.send(
+                    protocol.error_frame(
+                        protocol.ProtocolError(
+                            protocol.ErrorCode.invalid, "heartbeat.cluster_id is not this connection's cluster"
+                        )
+                    )
+                )
+                return
+            self.buffer.heartbeat(conn.cluster_id, message.payload, received)
+            return
+        answered = protocol.reply_id(message)
+        if answered is not None and answered in conn.pending:
+            await self._push_reply(conn.pending.pop(answered), protocol.encode(message))
+            return
+        if isinstance(message, protocol.Hello):
+            return  # a repeated hello changes nothing
+        await self.redis.publish(events_channel(conn.cluster_id), protocol.encode(message))
+
+    async def _push_reply(self, key: str, frame: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, frame)
+            pipe.expire(key, REPLY_TTL_SECONDS)
+            await pipe.execute()
+
+    # ------------------------------------------------------------ commands from Redis
+
+    async def _read_control(self) -> None:
+        while True:
+            try:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the control channels failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                await self._on_control(message["channel"], message["data"])
+            except Exception:
+                log.exception("control message not handled")
+
+    async def _on_control(self, channel: bytes, data: bytes) -> None:
+        parts = channel.decode().split(":")
+        if len(parts) != 4 or parts[1] != "cluster":
+            return
+        conn = self.connections.get(uuid.UUID(parts[2]))
+        if conn is None:
+            return
+        envelope = json.loads(data)
+        if envelope.get("kind") == "replaced":
+            if envelope.get("connection") != conn.connection_id:
+                del self.connections[conn.cluster_id]
+                await self.pubsub.unsubscribe(channel.decode())
+                await self._replace(conn)
+            return
+        if envelope.get("kind") != "command":
+            return
+        command_id, key, frame = envelope.get("id"), envelope.get("reply_to"), envelope.get("frame")
+        if not (isinstance(command_id, str) and isinstance(key, str) and isinstance(frame, str)):
+            return
+        conn.pending[command_id] = key
+        try:
+            await conn.websocket.send(frame)
+        except ConnectionClosed:
+            conn.pending.pop(command_id, None)
+            await self._fail_pending_one(key, command_id)
+
+    async def _fail_pending_one(self, key: str, command_id: str) -> None:
+        error = protocol.Error(
+            payload=protocol.ErrorPayload(
+                code=protocol.ErrorCode.internal, message="the controller disconnected", of=command_id
+            )
+        )
+        await self._push_reply(key, protocol.encode(error))
