@@ -5,7 +5,10 @@ second time), registration from the playbook, and the portal's own onboarding op
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,11 +21,13 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from werkzeug.serving import make_server
 
-from portal import redis_of, settings_of
+from portal import create_app, redis_of, settings_of
 from portal.crypto import hash_token
+from portal.gateway import GatewayConfig
 from portal.infra import devcluster, runner
-from portal.models import Cluster, Operation, OperationState
+from portal.models import AgentStatus, Cluster, ClusterStatus, Operation, OperationState
 from tests import factories
+from tests.d1_support import cluster_row, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +45,9 @@ def kube(toolchain: Path, kwok_workdir: Path) -> Iterator[devcluster.Cluster]:
         devcluster.delete_cluster(name, root=kwok_workdir)
 
 
-@pytest.fixture()
-def portal_url(app) -> Iterator[str]:
-    """The portal app served over HTTP in a thread (what the playbook's `uri` tasks call)."""
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """A portal app served over HTTP in a thread (what the playbook's `uri` tasks call)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -51,6 +56,27 @@ def portal_url(app) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+@pytest.fixture()
+def portal_url(app) -> Iterator[str]:
+    with serve(app) as url:
+        yield url
+
+
+# The combined test: controllers heartbeat every second; the gateway's timing follows from these settings.
+HEARTBEAT = 1
+
+
+def _fast(settings):
+    return dataclasses.replace(settings, heartbeat_interval=HEARTBEAT, heartbeat_flush_seconds=0.2)
+
+
+@pytest.fixture()
+def gateway_config(settings) -> GatewayConfig:
+    config = GatewayConfig.from_settings(_fast(settings))
+    assert config.offline_after == 3 * HEARTBEAT  # KAIDEN_OFFLINE_AFTER_HEARTBEATS (3) x the interval
+    return config
 
 
 def _api(cluster: devcluster.Cluster) -> k8s.ApiClient:
@@ -224,3 +250,92 @@ def test_onboarding_operation_runs_in_a_worker(app, client, db, as_user, kube):
     assert failed.error and failed.error.startswith("Apply the bundle")
     assert "sekrit-token-value-123456" not in (failed.error + failed.log)
     assert bad_key not in (failed.error + failed.log)
+
+
+def test_onboarded_cluster_comes_online_through_the_gateway(app, settings, db, gateway, processes, kube):
+    """The issue's combined test: the playbook installs the bundle; a controller and one agent per node run
+    (as processes: kwok cannot run images) with the values the bundle put into the cluster; the portal shows
+    the cluster online with 3 nodes; the playbook's online check passes; a killed controller turns the
+    cluster offline after the configured intervals and a restarted one brings it back; wrong keys are refused.
+    """
+    portal = create_app(dataclasses.replace(_fast(settings), gateway_public_url=gateway.url))
+    user = factories.make_user(db)
+    cluster = factories.make_cluster(db, user.customer, name="online-three")
+    key, cluster_id = cluster.plain_api_key, str(cluster.id)
+    headers = {"Authorization": f"Bearer {factories.make_api_token(db, user)[1]}"}
+    db.commit()
+    with serve(portal) as url:
+        variables = {
+            "kubeconfig": str(kube.kubeconfig),
+            "portal_url": url,
+            "cluster_id": cluster_id,
+            "api_key": key,
+            "rollout_timeout": 180,
+            "online_timeout": 90,
+            "verify_online": False,
+        }
+        applied = _run(variables)
+        assert applied.ok, applied.failure
+
+        # what the bundle put into the cluster is what the processes get
+        api = _api(kube)
+        secret = _secret(api)
+        assert secret == {"CLUSTER_ID": cluster_id, "API_KEY": key, "CLOUD_ENDPOINT": gateway.url}
+        deployment = k8s.AppsV1Api(api).read_namespaced_deployment("kaiden-controller", NAMESPACE)
+        env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env if e.value is not None}
+        assert env["HEARTBEAT_INTERVAL"] == str(HEARTBEAT)
+        pods = k8s.CoreV1Api(api).list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=kaiden-agent")
+        node_names = sorted(pod.spec.node_name for pod in pods.items)
+        assert len(node_names) == 3
+        port = free_port()
+        controller_env = {
+            **secret,
+            "HEARTBEAT_INTERVAL": env["HEARTBEAT_INTERVAL"],
+            "CONTROLLER_LISTEN": f"127.0.0.1:{port}",
+            "KUBECONFIG": str(kube.kubeconfig),  # in the cluster: the bundle's service account
+        }
+        controller = processes.controller(controller_env)
+        for name in node_names:
+            agent_env = {"NODE_NAME": name, "CONTROLLER_URL": f"ws://127.0.0.1:{port}/agent", "API_KEY": key}
+            processes.agent({**agent_env, "HOST_ROOT": "/nonexistent-host-root"}, name)
+
+        # the playbook's own online check (and nothing to change on this run)
+        verified = _run({**variables, "verify_online": True})
+        assert verified.ok, verified.failure
+        assert verified.stats.get("changed", 0) == 0
+
+        def online_with_agents() -> bool:
+            row = cluster_row(app, cluster_id)
+            return (
+                row.status == ClusterStatus.online
+                and sorted(n.name for n in row.nodes) == node_names
+                and all(n.agent_status == AgentStatus.online for n in row.nodes)
+            )
+
+        wait_until(online_with_agents, 60, "online with 3 nodes and their agents")
+        shown = portal.test_client().get(f"/api/v1/clusters/{cluster_id}", headers=headers).get_json()
+        assert shown["status"] == "online" and shown["node_count"] == 3
+        nodes = portal.test_client().get(f"/api/v1/clusters/{cluster_id}/nodes", headers=headers).get_json()
+        assert {n["name"] for n in nodes["items"]} == set(node_names)
+        assert all(n["agent_status"] == "online" and n["agent_version"] for n in nodes["items"])
+
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(timeout=10)
+        wait_until(lambda: cluster_row(app, cluster_id).status == ClusterStatus.offline, 30, "offline")
+        status = portal.test_client().get(
+            f"/api/v1/clusters/{cluster_id}/status", headers={"X-Kaiden-Cluster-Key": key}
+        )
+        assert status.get_json()["status"] == "offline"
+        processes.controller(controller_env, name="controller-2")
+        wait_until(online_with_agents, 60, "online again")
+
+        wrong_bundle = portal.test_client().get(
+            f"/api/v1/clusters/{cluster_id}/install.yaml", headers={"X-Kaiden-Cluster-Key": key + "x"}
+        )
+        assert wrong_bundle.status_code == 403
+        wrong = processes.controller(
+            {**controller_env, "API_KEY": key + "x", "CONTROLLER_LISTEN": f"127.0.0.1:{free_port()}"}, name="wrong"
+        )
+        wait_until(lambda: "4001" in processes.log_of("wrong"), 30, "the wrong key refused (4001)")
+        assert wrong.poll() is None
+        assert key not in processes.log_of("controller") + processes.log_of("wrong")
