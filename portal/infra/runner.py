@@ -109,10 +109,11 @@ def run_playbook(
     event_callback: Callable[[TaskEvent], None] | None = None,
     cancel_callback: Callable[[], bool] | None = None,
     timeout: int | None = None,
+    check: bool = False,
 ) -> PlaybookResult:
     """Run `playbooks/<playbook>` against localhost (our own Python, so `kubernetes.core` finds its
-    libraries), reporting redacted `TaskEvent`s. Secrets belong in files under `workdir`, not in
-    `extravars` (ansible-runner writes extravars to `workdir/env`).
+    libraries), reporting redacted `TaskEvent`s; `check` is a dry run (`--check`). Secrets belong in
+    files under `workdir`, not in `extravars` (ansible-runner writes extravars to `workdir/env`).
     """
     import ansible_runner
 
@@ -179,6 +180,7 @@ def run_playbook(
         quiet=True,
         timeout=timeout,
         rotate_artifacts=1,
+        cmdline="--check" if check else None,
     )
     if runner.status != "successful" and failure is None:
         failure = f"the playbook ended with status {runner.status} (exit {runner.rc})"

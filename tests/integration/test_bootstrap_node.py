@@ -44,10 +44,9 @@ def _stub_wheel(directory: Path) -> Path:
 
 def _run(variables: dict, *, check: bool = False) -> runner.PlaybookResult:
     with runner.private_dir() as workdir:
-        if check:
-            (workdir / "env").mkdir()
-            (workdir / "env" / "cmdline").write_text("--check --diff")
-        return runner.run_playbook("bootstrap-node.yml", workdir=workdir, extravars=variables, secrets=[KEY])
+        return runner.run_playbook(
+            "bootstrap-node.yml", workdir=workdir, extravars=variables, secrets=[KEY], check=check
+        )
 
 
 def test_bootstrap_node_into_a_scratch_root(tmp_path):

@@ -83,7 +83,9 @@ def _api(cluster: devcluster.Cluster) -> k8s.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-def _run(extravars: dict, lines: list[str] | None = None, secrets: tuple[str, ...] = ()) -> runner.PlaybookResult:
+def _run(
+    extravars: dict, lines: list[str] | None = None, secrets: tuple[str, ...] = (), check: bool = False
+) -> runner.PlaybookResult:
     with runner.private_dir() as workdir:
         return runner.run_playbook(
             "onboard-cluster.yml",
@@ -91,6 +93,7 @@ def _run(extravars: dict, lines: list[str] | None = None, secrets: tuple[str, ..
             extravars=extravars,
             secrets=secrets,
             event_callback=(lambda event: lines.append(event.line())) if lines is not None else None,
+            check=check,
         )
 
 
@@ -143,6 +146,8 @@ def test_playbook_onboards_a_cluster_and_a_second_run_changes_nothing(app, db, p
     second = _run(variables)
     assert second.ok, second.failure
     assert second.stats.get("changed", 0) == 0
+    dry = _run(variables, check=True)  # --check against the applied state: nothing would change either
+    assert dry.ok and dry.stats.get("changed", 0) == 0, dry.failure
 
     wrong = _run({**variables, "api_key": key + "x"}, secrets=(key,))
     assert not wrong.ok
