@@ -190,6 +190,7 @@ class Controller:
     _cloud: ClientConnection | None = None
     _agent_token: str = ""
     _last_kubernetes: tuple[str | None, list[dict[str, Any]]] = (None, [])
+    _last_warning: str | None = None
 
     def __post_init__(self) -> None:
         self._agent_token = protocol.agent_token(self.config.api_key)
@@ -279,18 +280,26 @@ class Controller:
             try:
                 self.reader = await asyncio.to_thread(self.reader_factory)
             except Exception as exc:  # heartbeat anyway: the cluster is alive even when its API is not readable
-                log.warning("cannot read the Kubernetes API yet (%s): %s", exc.__class__.__name__, str(exc)[:200])
+                self._warn_once(f"cannot read the Kubernetes API yet ({exc.__class__.__name__}): {str(exc)[:200]}")
         if self.reader is not None:
             try:
                 self._last_kubernetes = await asyncio.to_thread(self.reader.read)
             except Exception as exc:  # keep heartbeating with the last good view
-                log.warning("reading nodes from the Kubernetes API failed: %s", exc.__class__.__name__)
+                self._warn_once(f"reading nodes from the Kubernetes API failed: {exc.__class__.__name__}")
+            else:
+                self._last_warning = None
         version, nodes = self._last_kubernetes
         return protocol.Heartbeat(
             payload=protocol.HeartbeatPayload(
                 cluster_id=self.config.cluster_id, k8s_version=version, nodes=merge_nodes(nodes, self.agents)
             )
         )
+
+    def _warn_once(self, text: str) -> None:
+        """Log a problem when it starts or changes, not at every heartbeat."""
+        if text != self._last_warning:
+            log.warning("%s", text)
+            self._last_warning = text
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
         while True:

@@ -1,7 +1,7 @@
 """Benchmark of the gateway: N concurrent simulated controllers (real websocket clients speaking the protocol
-module) each sending a heartbeat with a few nodes every interval, N stepping up (100 → 1,000 → 10,000).
+module) each sending a heartbeat with a few nodes every interval, N stepping up (100 → 1,000 → 3,000 → 10,000).
 
-    python bench/gateway.py [--steps 100,1000,10000] [--max-n N] [--interval 15] [--window 30] [--nodes 3]
+    python bench/gateway.py [--steps 100,1000,3000,10000] [--max-n N] [--interval 15] [--window 30] [--nodes 3]
                             [--database-url URL --redis-url URL] [--json FILE]
 
 The gateway runs as its own process (`kaiden gateway`) on PostgreSQL + Redis (started privately on free ports
@@ -21,6 +21,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -331,7 +332,7 @@ def report(steps: list[Step], args: argparse.Namespace, fd_limit: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", default="100,1000,10000", help="comma-separated N values (default %(default)s)")
+    parser.add_argument("--steps", default="100,1000,3000,10000", help="comma-separated N values (default %(default)s)")
     parser.add_argument("--max-n", type=int, default=None, help="drop steps above this N")
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between heartbeats")
     parser.add_argument("--window", type=float, default=30.0, help="measured seconds per step")
@@ -344,6 +345,8 @@ def main() -> int:
     args.steps = sorted({int(x) for x in args.steps.split(",") if x.strip()})
     if args.max_n:
         args.steps = [n for n in args.steps if n <= args.max_n] or [args.max_n]
+    # SIGTERM unwinds like Ctrl-C, so the gateway, PostgreSQL and Redis started here are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fd_limit = raise_fd_limit()
     if fd_limit < args.steps[-1] + 200:
         print(f"fd limit {fd_limit} is too low for N={args.steps[-1]}; raise `ulimit -Hn`", file=sys.stderr)

@@ -31,8 +31,9 @@ from portal.models import Cluster
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
-# Small intervals so liveness tests take seconds: flush 0.1 s, offline after 3 x 0.2 s.
-FAST = GatewayConfig(flush_seconds=0.1, offline_after=0.6, sweep_seconds=0.1, key_check_seconds=0.2)
+# Small intervals so liveness tests take seconds: heartbeat 0.2 s, flush 0.1 s, offline after 1 s (5 missed
+# heartbeats: room for a loaded CI machine).
+FAST = GatewayConfig(flush_seconds=0.1, offline_after=1.0, sweep_seconds=0.1, key_check_seconds=0.2)
 FAST_HEARTBEAT = 0.2
 
 
@@ -214,13 +215,13 @@ class Processes:
     logs: Path
     children: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, module: str, env: dict[str, str], name: str) -> subprocess.Popen:
+    def start(self, module: str, env: dict[str, str], name: str, args: list[str] | None = None) -> subprocess.Popen:
         full = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
         full.update(env)
         full.setdefault("LOG_LEVEL", "INFO")
         log = open(self.logs / f"{name}.log", "ab")
         child = subprocess.Popen(
-            [sys.executable, "-m", module], env=full, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module, *(args or [])], env=full, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         self.children.append(child)

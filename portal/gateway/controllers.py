@@ -29,6 +29,7 @@ CLOSE_UNKNOWN_CLUSTER = 4004
 CLOSE_REPLACED = 4009
 CLOSE_PROTOCOL = 4400
 HELLO_TIMEOUT = 10.0
+REDIS_POOL_SIZE = 32
 
 
 @dataclass(eq=False)
@@ -47,7 +48,9 @@ class ControllerHub:
         self.database = database
         self.buffer = buffer
         self.stats = stats
-        self.redis = aioredis.Redis.from_url(redis_url)
+        # blocking pool: a burst of connects waits for a Redis connection instead of failing
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=REDIS_POOL_SIZE, timeout=None)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.pubsub = self.redis.pubsub()
         self.connections: dict[uuid.UUID, ControllerConnection] = {}
         self._own_channel = f"kaiden:gateway:{uuid.uuid4().hex}"
@@ -81,7 +84,12 @@ class ControllerHub:
         except ValueError:
             await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster: X-Kaiden-Cluster-Id missing or malformed")
             return
-        exists, key_ok = await asyncio.to_thread(self._check_key, cluster_id, key)
+        try:
+            exists, key_ok = await asyncio.to_thread(self._check_key, cluster_id, key)
+        except Exception:
+            log.exception("cannot check the key of cluster %s", cluster_id)
+            await websocket.close(1011, "gateway cannot reach its database; retry later")
+            return
         if not exists:
             await websocket.close(CLOSE_UNKNOWN_CLUSTER, "unknown cluster")
             return
@@ -93,7 +101,10 @@ class ControllerHub:
         if hello is None:
             return
         conn = ControllerConnection(cluster_id=cluster_id, websocket=websocket, key_hash=hash_token(key))
-        await self._register(conn)
+        try:
+            await self._register(conn)
+        except Exception:  # Redis down: heartbeats still count, commands wait for the next connection
+            log.exception("cluster %s: could not subscribe to its command channel", cluster_id)
         self.buffer.connected(cluster_id, hello.payload.software_version)
         log.info("controller of cluster %s connected (%s)", cluster_id, hello.payload.software_version)
         try:
@@ -224,13 +235,19 @@ class ControllerHub:
             return
         if isinstance(message, protocol.Hello):
             return  # a repeated hello changes nothing
-        await self.redis.publish(events_channel(conn.cluster_id), protocol.encode(message))
+        try:
+            await self.redis.publish(events_channel(conn.cluster_id), protocol.encode(message))
+        except Exception:
+            log.exception("could not publish a %s event of cluster %s", message.type, conn.cluster_id)
 
     async def _push_reply(self, key: str, frame: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, frame)
-            pipe.expire(key, REPLY_TTL_SECONDS)
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, frame)
+                pipe.expire(key, REPLY_TTL_SECONDS)
+                await pipe.execute()
+        except Exception:  # the sender times out; the connection goes on
+            log.exception("could not deliver a command reply")
 
     # ------------------------------------------------------------ commands from Redis
 

@@ -13,7 +13,12 @@ from datetime import timedelta
 from agent.protocol import HeartbeatPayload
 from portal.db import Database
 from portal.models.base import utcnow
-from portal.services.heartbeats import ClusterUpdate, mark_stale_clusters_offline, record_cluster_updates
+from portal.services.heartbeats import (
+    ClusterUpdate,
+    WriteCache,
+    mark_stale_clusters_offline,
+    record_cluster_updates,
+)
 
 log = logging.getLogger("kaiden.gateway")
 
@@ -71,7 +76,7 @@ class HeartbeatBuffer:
         self.database = database
         self.stats = stats
         self._pending: dict[uuid.UUID, ClusterUpdate] = {}
-        self._known_nodes: dict[uuid.UUID, frozenset[str]] = {}
+        self._cache: WriteCache = {}
         self._lock = asyncio.Lock()
 
     def _entry(self, cluster_id: uuid.UUID) -> ClusterUpdate:
@@ -85,7 +90,7 @@ class HeartbeatBuffer:
     def connected(self, cluster_id: uuid.UUID, controller_version: str) -> None:
         entry = self._entry(cluster_id)
         entry.controller_version = controller_version
-        self._known_nodes.pop(cluster_id, None)  # a new connection re-checks absent nodes
+        self._cache.pop(cluster_id, None)  # a new connection is written in full once
 
     def heartbeat(self, cluster_id: uuid.UUID, payload: HeartbeatPayload, received: float) -> None:
         entry = self._entry(cluster_id)
@@ -110,23 +115,30 @@ class HeartbeatBuffer:
             done = time.monotonic()
             self.stats.flushes += 1
             self.stats.flush_seconds_total += done - started
-            self.stats.rows_written += result.clusters + result.nodes_upserted + result.nodes_marked_absent
+            self.stats.rows_written += (
+                result.clusters + result.nodes_upserted + result.nodes_marked_absent + result.nodes_touched
+            )
             for entry in batch:
                 for received in entry.received:
                     self.stats.commit_latency.append((done, done - received))
 
     def _write(self, batch: list[ClusterUpdate]):
         with self.database.session() as session:
-            return record_cluster_updates(session, batch, known_nodes=self._known_nodes)
+            return record_cluster_updates(session, batch, cache=self._cache)
 
 
 async def flush_loop(buffer: HeartbeatBuffer, every: float, stop: asyncio.Event) -> None:
+    """Flush every `every` seconds, counted from the start of the previous flush (a slow flush is not
+    followed by a full idle period: under load the gateway writes back to back)."""
+    pause = every
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
+            await asyncio.wait_for(stop.wait(), timeout=pause)
         except TimeoutError:
             pass
+        started = time.monotonic()
         await buffer.flush()
+        pause = max(0.0, every - (time.monotonic() - started))
 
 
 async def sweep_loop(database: Database, stats: Stats, offline_after: float, every: float, stop: asyncio.Event) -> None:

@@ -120,11 +120,12 @@ class Gateway:
         return bound
 
     async def close(self) -> None:
+        """Close every connection (1001) and let their handlers finish, then Redis, a last flush, the database."""
         self._stop.set()
-        await self.hub.close()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.hub.close()
         for task in self._tasks:
             await task
         await self.buffer.flush()

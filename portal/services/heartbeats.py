@@ -7,13 +7,14 @@ bump): liveness must never make a user's concurrent edit of the cluster stale.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ class FlushResult:
     clusters: int
     nodes_upserted: int
     nodes_marked_absent: int
+    nodes_touched: int = 0  # steady nodes whose last_seen moved
 
 
 def _insert_for(session: Session):
@@ -92,19 +94,47 @@ _UPSERT_COLUMNS = (
 )
 
 
+WriteCache = dict[uuid.UUID, tuple[str, frozenset[str]]]  # cluster → (digest of last written report, node names)
+_CHUNK = 1000
+
+
+def _digest(heartbeat: HeartbeatPayload) -> str:
+    return hashlib.sha256(heartbeat.model_dump_json().encode()).hexdigest()
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
 def record_cluster_updates(
-    session: Session, updates: Sequence[ClusterUpdate], *, known_nodes: dict[uuid.UUID, frozenset[str]] | None = None
+    session: Session, updates: Sequence[ClusterUpdate], *, cache: WriteCache | None = None
 ) -> FlushResult:
     """Write a batch: clusters online with their heartbeat fields, nodes upserted by name, absent nodes
-    marked unknown/agent offline. `known_nodes` (cluster → node names already written by this caller)
-    lets a steady cluster skip the absent-node statement; it is updated in place.
+    marked unknown/agent offline.
+
+    `cache` (kept by the caller across batches, updated in place) makes steady clusters cheap: a report
+    identical to the one this caller last wrote only moves `last_heartbeat` and the nodes' `last_seen`
+    (to the batch's latest receipt time), in a few set-based statements. A cluster found not online
+    (the sweep flipped it meanwhile) is written in full again.
     """
     if not updates:
         return FlushResult(0, 0, 0)
-    known = known_nodes if known_nodes is not None else {}
+    cache = cache if cache is not None else {}
     table = Cluster.__table__
+    node_table = Node.__table__
     plain = [u for u in updates if u.heartbeat is None]
     beats = [u for u in updates if u.heartbeat is not None]
+    digests = {u.cluster_id: _digest(u.heartbeat) for u in beats if u.heartbeat is not None}
+    candidates = [u.cluster_id for u in beats if cache.get(u.cluster_id, ("",))[0] == digests[u.cluster_id]]
+    flipped: set[uuid.UUID] = set()
+    for part in _chunks(candidates):
+        flipped.update(
+            session.scalars(select(table.c.id).where(table.c.id.in_(part), table.c.status != ClusterStatus.online))
+        )
+    steady = [u for u in beats if u.cluster_id in set(candidates) - flipped]
+    full = [u for u in beats if u.cluster_id not in set(candidates) - flipped]
+
     if plain:
         stmt = (
             update(table)
@@ -112,17 +142,31 @@ def record_cluster_updates(
             .values(status=ClusterStatus.online, last_heartbeat=bindparam("seen"))
         )
         session.execute(stmt, [{"cid": u.cluster_id, "seen": u.seen_at} for u in plain])
-        with_version = [u for u in plain if u.controller_version]
-        if with_version:
-            stmt = (
-                update(table)
-                .where(table.c.id == bindparam("cid"))
-                .values(controller_version=bindparam("controller_version"))
-            )
+    with_version = [u for u in updates if u.controller_version]
+    if with_version:
+        stmt = update(table).where(table.c.id == bindparam("cid")).values(controller_version=bindparam("cv"))
+        session.execute(stmt, [{"cid": u.cluster_id, "cv": (u.controller_version or "")[:50]} for u in with_version])
+
+    touched = 0
+    if steady:
+        latest = max(u.seen_at for u in steady)
+        ids = [u.cluster_id for u in steady]
+        for part in _chunks(ids):
             session.execute(
-                stmt, [{"cid": u.cluster_id, "controller_version": u.controller_version[:50]} for u in with_version]
+                update(table).where(table.c.id.in_(part)).values(status=ClusterStatus.online, last_heartbeat=latest)
             )
-    if beats:
+        pairs = [(u.cluster_id, name) for u in steady for name in sorted(cache[u.cluster_id][1])]
+        for part in _chunks(pairs):
+            touched += (
+                session.execute(
+                    update(node_table)
+                    .where(tuple_(node_table.c.cluster_id, node_table.c.name).in_(part))
+                    .values(last_seen=latest)
+                ).rowcount
+                or 0
+            )
+
+    if full:
         stmt = (
             update(table)
             .where(table.c.id == bindparam("cid"))
@@ -133,31 +177,21 @@ def record_cluster_updates(
                 node_count=bindparam("count"),
             )
         )
-        session.execute(
-            stmt,
-            [
+        params = []
+        for u in full:
+            assert u.heartbeat is not None
+            version = u.heartbeat.k8s_version
+            params.append(
                 {
                     "cid": u.cluster_id,
                     "seen": u.seen_at,
-                    "k8s": (u.heartbeat.k8s_version or None) and u.heartbeat.k8s_version[:50],
+                    "k8s": version[:50] if version else None,
                     "count": len(u.heartbeat.nodes),
                 }
-                for u in beats
-                if u.heartbeat is not None
-            ],
-        )
-        with_version = [u for u in beats if u.controller_version]
-        if with_version:
-            stmt = (
-                update(table)
-                .where(table.c.id == bindparam("cid"))
-                .values(controller_version=bindparam("controller_version"))
             )
-            session.execute(
-                stmt, [{"cid": u.cluster_id, "controller_version": u.controller_version[:50]} for u in with_version]
-            )
+        session.execute(stmt, params)
     rows: list[dict[str, Any]] = []
-    for u in beats:
+    for u in full:
         assert u.heartbeat is not None
         seen_names: set[str] = set()
         for report in u.heartbeat.nodes:
@@ -167,21 +201,21 @@ def record_cluster_updates(
     if rows:
         # executemany of one cached statement: SQLAlchemy batches it ("insertmanyvalues") without
         # compiling a new multi-row statement per batch size
-        stmt = _insert_for(session)(Node.__table__)
+        stmt = _insert_for(session)(node_table)
         stmt = stmt.on_conflict_do_update(
             index_elements=["cluster_id", "name"], set_={c: stmt.excluded[c] for c in _UPSERT_COLUMNS}
         )
         session.execute(stmt, rows)
     # nodes absent from a report: only clusters whose node set changed since this caller last wrote it
-    changed = {}
-    for u in beats:
+    changed: dict[uuid.UUID, frozenset[str]] = {}
+    for u in full:
         assert u.heartbeat is not None
         names = frozenset(n.name for n in u.heartbeat.nodes)
-        if known.get(u.cluster_id) != names:
+        if cache.get(u.cluster_id, ("", None))[1] != names:
             changed[u.cluster_id] = names
+        cache[u.cluster_id] = (digests[u.cluster_id], names)
     absent = 0
     if changed:
-        node_table = Node.__table__
         stored = session.execute(
             select(node_table.c.id, node_table.c.cluster_id, node_table.c.name).where(
                 node_table.c.cluster_id.in_(list(changed)),
@@ -189,14 +223,16 @@ def record_cluster_updates(
             )
         )
         gone = [row[0] for row in stored if row[2] not in changed[row[1]]]
-        if gone:
-            absent = session.execute(
-                update(node_table)
-                .where(node_table.c.id.in_(gone))
-                .values(status=NodeStatus.unknown, agent_status=AgentStatus.offline, updated_at=utcnow())
-            ).rowcount
-        known.update(changed)
-    return FlushResult(len(updates), len(rows), absent)
+        for part in _chunks(gone):
+            absent += (
+                session.execute(
+                    update(node_table)
+                    .where(node_table.c.id.in_(part))
+                    .values(status=NodeStatus.unknown, agent_status=AgentStatus.offline, updated_at=utcnow())
+                ).rowcount
+                or 0
+            )
+    return FlushResult(len(updates), len(rows), absent, touched)
 
 
 def mark_stale_clusters_offline(session: Session, cutoff: datetime) -> list[uuid.UUID]:

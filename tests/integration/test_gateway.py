@@ -5,21 +5,26 @@ tasks), raw websocket clients for the refusals and malformed frames, commands th
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from agent import protocol
 from portal import database_of, redis_of
+from portal.gateway import Gateway
 from portal.models import AgentStatus, Cluster, ClusterStatus, Node, NodeStatus
 from portal.services import clusters as cluster_service
-from portal.services.cluster_commands import ClusterUnavailable, CommandTimeout, send_command
-from tests.d1_support import FAST, cluster_row, wait_until
+from portal.services.cluster_commands import ClusterUnavailable, CommandTimeout, events_channel, reply_key, send_command
+from tests.d1_support import FAST, RunningGateway, cluster_row, free_port, wait_until
 from tests.factories import make_admin, make_cluster
 
 pytestmark = pytest.mark.integration
@@ -257,7 +262,7 @@ def test_command_round_trip_through_redis_gateway_controller_agent(app, runtime)
         protocol.StopTunnel(payload=protocol.SessionRef(session_id="s-unknown")),
     )
     assert isinstance(reply, protocol.Error) and "unknown session" in reply.payload.message
-    assert not redis.keys("kaiden:reply:*")  # replies are consumed, nothing left behind
+    assert not redis.exists(reply_key("cmd-1"))  # the reply was consumed, nothing left behind
 
 
 def test_a_command_nobody_answers_times_out(app, gateway) -> None:
@@ -284,3 +289,147 @@ def test_heartbeats_are_written_in_batches(app, gateway) -> None:
     assert 1 <= flushes < 20  # many heartbeats, few transactions
     with database_of(app).session() as session:
         assert session.scalar(select(Node.name).where(Node.cluster_id == uuid.UUID(cluster_id))) == "n1"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=10,
+)
+_frames = st.one_of(
+    st.text(max_size=100),
+    st.binary(max_size=100),
+    _json.map(json.dumps),
+    st.fixed_dictionaries(
+        {"v": st.just(1), "type": st.sampled_from(sorted(protocol.TYPE_NAMES)), "payload": _json}
+    ).map(json.dumps),
+)
+
+
+def test_any_bad_frame_gets_an_error_frame_and_the_connection_stays(app, gateway) -> None:
+    cluster_id, key = _new_cluster(app)
+    with _raw(gateway, cluster_id, key) as ws:
+        ws.send(_hello())
+
+        @hypothesis_settings(max_examples=150, deadline=None, derandomize=True)
+        @given(_frames)
+        def check(frame: str | bytes) -> None:
+            assume(protocol.decode_or_error(frame)[1] is not None)  # only frames the protocol refuses
+            ws.send(frame)
+            answer = protocol.decode(ws.recv(timeout=5))
+            assert answer.type == "error"
+
+        check()
+        ws.send(_heartbeat(cluster_id, "still-here"))
+        wait_until(lambda: cluster_row(app, cluster_id).node_count == 1, 5, "a heartbeat after the fuzzing")
+    assert gateway.gateway.stats.frame_errors >= 100
+
+
+def test_one_connection_per_cluster_across_gateway_processes(app, settings, loop, gateway) -> None:
+    """Two gateways share the database and Redis: connecting to the second closes the first's connection."""
+    second = Gateway(settings, FAST)
+    port = loop.run(second.start("127.0.0.1", 0))
+    try:
+        cluster_id, key = _new_cluster(app)
+        with _raw(gateway, cluster_id, key) as first:
+            first.send(_hello())
+            wait_until(lambda: len(gateway.gateway.hub.connections) == 1, 5, "held by the first gateway")
+            other = RunningGateway(second, port)
+            with _raw(other, cluster_id, key) as newer:
+                newer.send(_hello())
+                assert _closed_with(first) == (4009, "replaced by a newer connection")
+                wait_until(lambda: not gateway.gateway.hub.connections, 5, "first gateway let go")
+                # commands now reach the controller through the second gateway
+                reply_box: list = []
+                thread = threading.Thread(
+                    target=lambda: reply_box.append(
+                        send_command(redis_of(app), cluster_id, protocol.Ping(id="x-1"), timeout=5)
+                    )
+                )
+                thread.start()
+                command = protocol.decode(newer.recv(timeout=5))
+                assert (command.type, command.id) == ("ping", "x-1")
+                newer.send(protocol.encode(protocol.Pong(id="x-1", payload=protocol.PongPayload(role="controller"))))
+                thread.join(timeout=10)
+                assert isinstance(reply_box[0], protocol.Pong) and reply_box[0].id == "x-1"
+    finally:
+        loop.run(second.close())
+
+
+def test_unprompted_controller_messages_are_published_as_events(app, gateway) -> None:
+    cluster_id, key = _new_cluster(app)
+    pubsub = redis_of(app).pubsub()
+    pubsub.subscribe(events_channel(cluster_id))
+    try:
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+        with _raw(gateway, cluster_id, key) as ws:
+            ws.send(_hello())
+            ready = protocol.TunnelReady(
+                payload=protocol.TunnelReadyPayload(session_id="s-1", public_hostname="sess-1.support.example")
+            )
+            ws.send(protocol.encode(ready))
+            event = pubsub.get_message(timeout=5)
+            assert event is not None and protocol.decode(event["data"]) == ready
+    finally:
+        pubsub.close()
+
+
+def test_session_commands_follow_the_node_of_their_session(app, runtime) -> None:
+    cluster_id, key = _new_cluster(app)
+    controller = runtime.controller(cluster_id, key)
+    agent = runtime.agent(controller, "node-a", key)
+    wait_until(lambda: agent.obj.connected.is_set(), 10, "agent connected")
+    wait_until(lambda: uuid.UUID(cluster_id) in runtime.gateway.gateway.hub.connections, 10, "controller connected")
+    redis = redis_of(app)
+    opened = protocol.TerminalOpen(payload=protocol.TerminalOpenPayload(session_id="s-9", node_name="node-a"))
+    reply = send_command(redis, cluster_id, opened)
+    # today's agent refuses terminals (D2 brings them); what matters here is that the agent answered
+    assert isinstance(reply, protocol.Error) and reply.payload.code == protocol.ErrorCode.unsupported
+    assert controller.obj.sessions == {"s-9": "node-a"}
+    data = protocol.TerminalData(payload=protocol.TerminalDataPayload(session_id="s-9", data="bHM="))
+    reply = send_command(redis, cluster_id, data)
+    assert isinstance(reply, protocol.Error) and "terminal_data is not supported by agent" in reply.payload.message
+    close = protocol.TerminalClose(payload=protocol.TerminalClosePayload(session_id="s-9"))
+    send_command(redis, cluster_id, close)
+    assert controller.obj.sessions == {}
+
+
+def test_kaiden_gateway_command_serves_a_controller_process(app, settings, processes, tmp_path) -> None:
+    """The wiring of `kaiden gateway` (what `kaiden up` starts) to this package, with real processes."""
+    cluster_id, key = _new_cluster(app)
+    port = free_port()
+    processes.start(
+        "portal.cli",
+        {
+            "KAIDEN_HOME": str(tmp_path / "home"),
+            "KAIDEN_DATABASE_URL": settings.database_url,
+            "KAIDEN_REDIS_URL": settings.redis_url or "",
+            "KAIDEN_SECRET_KEY": "test",
+            "KAIDEN_GATEWAY_PORT": str(port),
+            "KAIDEN_HEARTBEAT_FLUSH_SECONDS": "0.2",
+        },
+        "gateway",
+        args=["gateway"],
+    )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, 30, "kaiden gateway answering /healthz")
+    processes.controller(
+        {
+            "CLUSTER_ID": cluster_id,
+            "API_KEY": key,
+            "CLOUD_ENDPOINT": f"ws://127.0.0.1:{port}",
+            "HEARTBEAT_INTERVAL": "0.5",
+            "CONTROLLER_LISTEN": "127.0.0.1:0",
+            "KUBECONFIG": str(tmp_path / "missing-kubeconfig"),  # unreadable API: heartbeats go on regardless
+        }
+    )
+    wait_until(lambda: cluster_row(app, cluster_id).status == ClusterStatus.online, 30, "online via kaiden gateway")
+    assert cluster_row(app, cluster_id).controller_version == "0.1.0"
+    assert "cannot read the Kubernetes API" in processes.log_of("controller")

@@ -20,12 +20,12 @@ from tests.factories import make_cluster
 pytestmark = pytest.mark.integration
 
 HEARTBEAT = 1.0
-OFFLINE_AFTER = 3 * HEARTBEAT
+OFFLINE_AFTER = 5 * HEARTBEAT  # 5 missed: the controller process reads a real API server per heartbeat
 
 
 @pytest.fixture()
 def gateway_config() -> GatewayConfig:
-    # processes reading a real API server: 1 s heartbeats, offline after 3 missed
+    # processes reading a real API server: 1 s heartbeats, offline after 5 missed
     return GatewayConfig(flush_seconds=0.2, offline_after=OFFLINE_AFTER, sweep_seconds=0.2)
 
 

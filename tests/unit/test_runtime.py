@@ -179,11 +179,11 @@ def test_record_updates_upserts_nodes_and_marks_absent_ones(db) -> None:
     stale = make_node(db, cluster, name="old", status=NodeStatus.ready, agent_status=AgentStatus.online)
     db.commit()
     now = utcnow()
-    known: dict = {}
+    cache: dict = {}
     result = record_cluster_updates(
         db,
         [ClusterUpdate(cluster.id, now, controller_version="0.1.0", heartbeat=_beat(cluster, "a", "b"))],
-        known_nodes=known,
+        cache=cache,
     )
     db.commit()
     assert (result.clusters, result.nodes_upserted, result.nodes_marked_absent) == (1, 2, 1)
@@ -198,11 +198,28 @@ def test_record_updates_upserts_nodes_and_marks_absent_ones(db) -> None:
     assert nodes["a"].roles == ["worker"] and nodes["a"].agent_status == AgentStatus.online
     assert (nodes["old"].status, nodes["old"].agent_status) == (NodeStatus.unknown, AgentStatus.offline)
     assert nodes["old"].id == stale.id  # kept, not deleted
-    # the same node set again: the absent-node statement is skipped
+    # the same report again: steady path, nothing upserted, last_seen and last_heartbeat move
+    later = now + timedelta(seconds=15)
     again = record_cluster_updates(
-        db, [ClusterUpdate(cluster.id, now, heartbeat=_beat(cluster, "a", "b"))], known_nodes=known
+        db, [ClusterUpdate(cluster.id, later, heartbeat=_beat(cluster, "a", "b"))], cache=cache
     )
-    assert again.nodes_marked_absent == 0 and again.nodes_upserted == 2
+    db.commit()
+    assert (again.nodes_upserted, again.nodes_marked_absent, again.nodes_touched) == (0, 0, 2)
+    db.expire_all()
+    nodes = {n.name: n for n in cluster.nodes}
+    assert nodes["a"].last_seen == later and nodes["old"].last_seen != later and cluster.last_heartbeat == later
+    # swept offline meanwhile: the next identical report is written in full (agents back online)
+    mark_stale_clusters_offline(db, later + timedelta(seconds=1))
+    db.commit()
+    db.expire_all()
+    assert cluster.status == ClusterStatus.offline and nodes["a"].agent_status == AgentStatus.offline
+    third = record_cluster_updates(
+        db, [ClusterUpdate(cluster.id, later, heartbeat=_beat(cluster, "a", "b"))], cache=cache
+    )
+    db.commit()
+    db.expire_all()
+    assert third.nodes_upserted == 2 and cluster.status == ClusterStatus.online
+    assert {n.name: n.agent_status for n in cluster.nodes}["a"] == AgentStatus.online
 
 
 def test_sweep_flips_only_stale_online_clusters(db) -> None:
