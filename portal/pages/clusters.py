@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, current_app, make_response, render_template, request
+from flask import Blueprint, Response, current_app, make_response, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
+from sqlalchemy import select
 from wtforms import SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from portal import auth, settings_of
+from portal import auth, redis_of, settings_of
 from portal.errors import ConflictError, PermissionDenied, ValidationError
-from portal.models import Customer, User, UserRole
+from portal.models import Customer, Operation, TargetType, User, UserRole
 from portal.services import clusters as service
-from portal.services import install_bundle
+from portal.services import install_bundle, onboarding
 from portal.services.clusters import ClusterCredentials
 from portal.tenancy import scoped
 from portal.web import request_session
@@ -33,6 +34,12 @@ class RegisterForm(FlaskForm):
 
 class RotateForm(FlaskForm):
     """Key rotation is a POST with a CSRF token."""
+
+
+class OnboardForm(FlaskForm):
+    kubeconfig = TextAreaField("Kubeconfig", validators=[DataRequired(), Length(max=256 * 1024)])
+    context = StringField("Context", validators=[Optional(), Length(max=253)])
+    api_key = StringField("API key", validators=[Optional(), Length(max=200)])
 
 
 def can_manage(user: User, customer_id: uuid.UUID | None = None) -> bool:
@@ -139,9 +146,21 @@ def register() -> Response | str | tuple[str, int]:
     return render_template("clusters/new.html", form=form, errors=errors, message=message), status
 
 
-@blueprint.route("/clusters/<uuid:cluster_id>")
-@auth.login_required
-def cluster_detail(cluster_id: uuid.UUID) -> str:
+def _latest_onboarding(cluster_id: uuid.UUID) -> Operation | None:
+    stmt = (
+        select(Operation)
+        .where(
+            Operation.kind == onboarding.KIND,
+            Operation.target_type == TargetType.cluster,
+            Operation.target_id == cluster_id,
+        )
+        .order_by(Operation.created_at.desc(), Operation.id)
+        .limit(1)
+    )
+    return request_session().scalars(stmt).first()
+
+
+def _detail(cluster_id: uuid.UUID, *, onboard_errors: dict[str, str] | None = None, onboard_message: str | None = None):
     user = auth.current_user()
     assert user is not None
     session = request_session()
@@ -157,7 +176,46 @@ def cluster_detail(cluster_id: uuid.UUID) -> str:
         commands=commands(cluster.id, "<API_KEY>", _portal_url()),
         endpoint=install_bundle.cloud_endpoint(settings),
         poll_seconds=3,
+        onboarding=_latest_onboarding(cluster.id),
+        onboard_errors=onboard_errors or {},
+        onboard_message=onboard_message,
     )
+
+
+@blueprint.route("/clusters/<uuid:cluster_id>")
+@auth.login_required
+def cluster_detail(cluster_id: uuid.UUID) -> str:
+    return _detail(cluster_id)
+
+
+@blueprint.route("/clusters/<uuid:cluster_id>/onboard", methods=["POST"])
+@auth.login_required
+def onboard(cluster_id: uuid.UUID) -> Response | tuple[str, int]:
+    """Start the portal-run onboarding (the same use case as `POST /api/v1/clusters/{id}/onboard`)."""
+    user = auth.current_user()
+    assert user is not None
+    session = request_session()
+    cluster = service.get_cluster(session, user, cluster_id)
+    if not can_manage(user, cluster.customer_id):
+        raise PermissionDenied("Only administrators and the customer's users onboard clusters.")
+    form = OnboardForm()
+    if not form.validate_on_submit():
+        errors = {name: "; ".join(messages) for name, messages in form.errors.items()}
+        return _detail(cluster_id, onboard_errors=errors, onboard_message="Check the form."), 422
+    try:
+        onboarding.start_onboarding(
+            session,
+            user,
+            cluster,
+            kubeconfig=form.kubeconfig.data or "",
+            context=(form.context.data or "").strip() or None,
+            api_key=(form.api_key.data or "").strip() or None,
+            settings=settings_of(current_app),
+            connection=redis_of(current_app),
+        )
+    except (ValidationError, ConflictError) as exc:
+        return _detail(cluster_id, onboard_errors=dict(exc.fields), onboard_message=exc.message), exc.status
+    return redirect(url_for("clusters.cluster_detail", cluster_id=cluster.id) + "#onboard-run")
 
 
 @blueprint.route("/clusters/<uuid:cluster_id>/rotate-key", methods=["POST"])

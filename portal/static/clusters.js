@@ -89,6 +89,16 @@
             applyCluster(document, data);
           } else if (kind === "nodes") {
             renderNodes(el, data.items);
+          } else if (kind === "operation") {
+            el.querySelector('[data-op-field="state"]').replaceChildren(badge(data.state));
+            var bar = el.querySelector('[data-op-field="progress"]');
+            bar.value = data.progress;
+            bar.textContent = data.progress + "%";
+            el.querySelector('[data-op-field="step"]').textContent = data.step || "";
+            var error = el.querySelector('[data-op-field="error"]');
+            error.textContent = data.error || "";
+            error.hidden = !data.error;
+            if (["succeeded", "failed", "cancelled"].indexOf(data.state) >= 0) return;  // final: stop polling
           }
           note("Updated " + new Date().toLocaleTimeString() + "; refreshes every " + seconds + " seconds.");
           setTimeout(tick, seconds * 1000);

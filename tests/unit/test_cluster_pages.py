@@ -151,3 +151,63 @@ def test_polling_script_is_served(client):
     assert script.status_code == 200
     body = script.get_data(as_text=True)
     assert "fetch(url" in body and "innerHTML" not in body  # data is inserted as text, never as markup
+
+
+KUBECONFIG = (
+    "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+    "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+    "users: [{name: u, user: {token: page-secret-token-42424242}}]\n"
+    "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+)
+
+
+def test_onboard_from_the_page_queues_an_operation_and_shows_it(app, client, db):
+    from portal import redis_of
+    from portal.models import Operation
+
+    user = factories.make_user(db)
+    cluster = factories.make_cluster(db, user.customer)
+    key = cluster.plain_api_key
+    _signed_in(client, db, user)
+    redis_of(app).flushdb()
+    page = client.get(f"/clusters/{cluster.id}").get_data(as_text=True)
+    assert "Onboard from the portal" in page and 'name="kubeconfig"' in page
+    token = csrf_from(page)
+
+    bad = client.post(f"/clusters/{cluster.id}/onboard", data={"kubeconfig": "a: 1", "csrf_token": token})
+    assert bad.status_code == 422 and "must be a kubeconfig with clusters" in bad.get_data(as_text=True)
+    wrong_key = client.post(
+        f"/clusters/{cluster.id}/onboard", data={"kubeconfig": KUBECONFIG, "api_key": "kdc_no", "csrf_token": token}
+    )
+    assert wrong_key.status_code == 422 and "is not this cluster&#39;s current key" in wrong_key.get_data(as_text=True)
+    assert db.query(Operation).count() == 0
+
+    started = client.post(
+        f"/clusters/{cluster.id}/onboard", data={"kubeconfig": KUBECONFIG, "api_key": key, "csrf_token": token}
+    )
+    assert started.status_code == 302 and started.headers["Location"].endswith("#onboard-run")
+    operation = db.query(Operation).one()
+    assert operation.kind == "cluster.onboard" and operation.params["kubeconfig"] == "[redacted]"
+    assert len(redis_of(app).keys("rq:job:*")) == 1
+    shown = client.get(f"/clusters/{cluster.id}").get_data(as_text=True)
+    assert f'data-poll="/api/v1/operations/{operation.id}"' in shown and "status-queued" in shown
+    assert "page-secret-token" not in shown
+
+    busy = client.post(
+        f"/clusters/{cluster.id}/onboard", data={"kubeconfig": KUBECONFIG, "api_key": key, "csrf_token": token}
+    )
+    assert busy.status_code == 409 and "already being onboarded" in busy.get_data(as_text=True)
+
+
+def test_engineers_cannot_onboard_from_the_page(client, db):
+    from portal.models import Operation
+
+    cluster = factories.make_cluster(db)
+    _signed_in(client, db, factories.make_engineer(db))
+    page = client.get(f"/clusters/{cluster.id}").get_data(as_text=True)
+    assert 'name="kubeconfig"' not in page
+    response = client.post(
+        f"/clusters/{cluster.id}/onboard", data={"kubeconfig": KUBECONFIG, "csrf_token": csrf_from(page)}
+    )
+    assert response.status_code == 403
+    assert db.query(Operation).count() == 0
