@@ -110,6 +110,7 @@ class Route:
     paginated: bool = False
     errors: tuple[int, ...] = ()
     parameters: set[str] = field(default_factory=set)
+    media_type: str = "application/json"  # of the success body; others are returned as a `Response`
 
     @property
     def endpoint(self) -> str:
@@ -168,6 +169,7 @@ class Router:
         tags: Sequence[str] | None = None,
         paginated: bool = False,
         errors: Sequence[int] = (),
+        media_type: str = "application/json",
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare one operation. `rule` is relative to /api/v1 and uses Flask converters."""
         if len(methods) != 1 or methods[0].upper() not in METHODS:
@@ -200,6 +202,7 @@ class Router:
                 tags=list(tags if tags is not None else self.tags),
                 paginated=paginated,
                 errors=tuple(errors),
+                media_type=media_type,
             )
             route.parameters = _check_signature(route)
             self.routes.append(route)

@@ -176,7 +176,10 @@ def _operation(route: Route, ref: Any, schemas: dict[str, Any], page_max: int) -
     responses: dict[str, Any] = {}
     success: dict[str, Any] = {"description": _STATUS_TEXT.get(route.status, "OK")}
     if route.status != 204:
-        success["content"] = {"application/json": {"schema": _success_schema(route, ref, schemas)}}
+        if route.media_type == "application/json":
+            success["content"] = {"application/json": {"schema": _success_schema(route, ref, schemas)}}
+        else:
+            success["content"] = {route.media_type: {"schema": {"type": "string"}}}
     responses[str(route.status)] = success
     for status in route.error_statuses():
         responses[str(status)] = {

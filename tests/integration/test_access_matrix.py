@@ -182,6 +182,10 @@ def own_token(world: World, tenant: Tenant, role: str) -> dict[str, Any]:
 
 
 V1 = "/api/v1"
+MATRIX_KUBECONFIG = (
+    "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+    "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+)
 EXPECTATIONS: dict[tuple[str, str], Expect] = {
     ("GET", f"{V1}/openapi.json"): Expect(statuses(anonymous=200, staff=(200, 200), tenant=200, foreign=200), None),
     ("GET", f"{V1}/me"): Expect(everyone(200), None),
@@ -243,6 +247,13 @@ EXPECTATIONS: dict[tuple[str, str], Expect] = {
     ("GET", f"{V1}/clusters/{{cluster_id}}"): Expect(tenant_read()),
     ("GET", f"{V1}/clusters/{{cluster_id}}/nodes"): Expect(tenant_read()),
     ("POST", f"{V1}/clusters/{{cluster_id}}/rotate-key"): Expect(statuses(staff=(200, 403), tenant=200, foreign=404)),
+    # D1 onboarding. The bundle needs the cluster's key (X-Kaiden-Cluster-Key, not sent here): users who
+    # see the cluster are told to send it (403). The status route is readable like the cluster.
+    ("GET", f"{V1}/clusters/{{cluster_id}}/install.yaml"): Expect(statuses(staff=(403, 403), tenant=403, foreign=404)),
+    ("GET", f"{V1}/clusters/{{cluster_id}}/status"): Expect(tenant_read()),
+    ("POST", f"{V1}/clusters/{{cluster_id}}/onboard"): Expect(
+        statuses(staff=(202, 403), tenant=202, foreign=404), body=lambda w, t, r: {"kubeconfig": MATRIX_KUBECONFIG}
+    ),
     # tickets: a foreign cluster in the body is a 404, like a foreign ticket in the path
     ("GET", f"{V1}/tickets"): Expect(everyone(200), None),
     ("POST", f"{V1}/tickets"): Expect(
