@@ -1,0 +1,226 @@
+"""Every catalog app, installed for real: one Pulumi stack with one Helm release per template (its defaults plus
+generated required values) through the engine into the local kwok cluster, then the chart contract is
+checked object by object with the kubernetes client.
+
+What the service stack relies on: a Service named after the release on the template's default port; the
+instance (and name) label on every object; claims Bound and annotated `helm.sh/resource-policy: keep`;
+workloads Ready with probes, requests and limits; passwords only in Secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pytest
+from kubernetes import client, config
+
+from portal.catalog import LOCAL_REPOSITORY, TemplateFile, default_catalog_dir, parse_template_file
+from portal.charts import resolve_chart
+from portal.infra import engine
+from portal.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+TEMPLATES = [parse_template_file(p) for p in sorted(default_catalog_dir().glob("*.yaml"))]
+LOCAL = [t for t in TEMPLATES if t.chart.repository == LOCAL_REPOSITORY]
+INSTANCE = "app.kubernetes.io/instance"
+NAME = "app.kubernetes.io/name"
+
+
+# --- values as a service starts from them ----------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"auth.password": "x"}` → `{"auth": {"password": "x"}}`."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Install:
+    template: TemplateFile
+    namespace: str
+    release: str
+    passwords: dict[str, str]  # spec key → generated password
+
+    def values(self) -> dict[str, Any]:
+        """Template chart values ⊕ every spec default ⊕ generated values for required specs without one."""
+        defaults = {}
+        for spec in self.template.values.required + self.template.values.optional:
+            if spec.type == "password":
+                if spec.key in self.passwords:
+                    defaults[spec.key] = self.passwords[spec.key]
+            elif spec.default is not None:
+                defaults[spec.key] = spec.default
+            elif spec.required:
+                defaults[spec.key] = {"number": 1, "boolean": True}.get(spec.type, "generated")
+        return deep_merge(self.template.chart.values, nest(defaults))
+
+
+def plan(suffix: str) -> list[Install]:
+    installs = []
+    for template in LOCAL:
+        passwords = {
+            spec.key: f"pw-{secrets.token_hex(12)}"
+            for spec in template.values.required + template.values.optional
+            if spec.type == "password" and spec.required
+        }
+        namespace = f"cat-{suffix}-{template.slug}"
+        installs.append(Install(template, namespace, f"{template.slug}-{suffix}", passwords))
+    return installs
+
+
+def catalog_program(kubeconfig: str, installs: list[Install]) -> None:
+    """One namespace and one Helm release per catalog app, passwords as Pulumi secrets."""
+    provider = k8s.Provider("cluster", kubeconfig=pulumi.Output.secret(kubeconfig))
+    opts = pulumi.ResourceOptions(provider=provider)
+    for item in installs:
+        chart = resolve_chart(item.template.chart.repository, item.template.chart.name, item.template.chart.version)
+        namespace = k8s.core.v1.Namespace(f"ns-{item.template.slug}", metadata={"name": item.namespace}, opts=opts)
+        values = item.values()
+        secret_values = nest({key: pulumi.Output.secret(value) for key, value in item.passwords.items()})
+        k8s.helm.v3.Release(
+            item.template.slug,
+            name=item.release,
+            chart=chart.chart,
+            version=chart.version,
+            namespace=namespace.metadata["name"],
+            values=deep_merge(values, secret_values),
+            timeout=150,
+            opts=opts,
+        )
+
+
+# --- the cluster, as the kubernetes client sees it -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(platform_cluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(platform_cluster.kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def installed(platform_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Install]]:
+    """Every catalog chart installed by one `up` of one stack; destroyed (and the stack removed) afterwards."""
+    suffix = uuid.uuid4().hex[:6]
+    installs = plan(suffix)
+    settings: Settings = load_settings(
+        {
+            "home": str(tmp_path_factory.mktemp("catalog-home")),
+            "pulumi_passphrase": "catalog-charts-passphrase",
+            "secret_key": "test",
+        },
+        environ={},
+    )
+    stack = f"catalog-{suffix}"
+    kubeconfig = Path(platform_cluster.kubeconfig).read_text()
+    try:
+        result = engine.up(stack, lambda: catalog_program(kubeconfig, installs), settings)
+        assert result.changes == {"create": 2 + 2 * len(installs)}  # + provider and root stack
+        yield installs
+    finally:
+        try:
+            engine.destroy(stack, settings, remove=True)
+        except Exception as exc:  # best effort: the session's cluster is deleted anyway
+            logging.getLogger(__name__).warning("destroy of %s: %s", stack, exc)
+
+
+def _objects(api: client.ApiClient, namespace: str) -> dict[str, list[Any]]:
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    secrets_ = [s for s in core.list_namespaced_secret(namespace).items if s.type != "helm.sh/release.v1"]
+    configmaps = [c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name != "kube-root-ca.crt"]
+    return {
+        "Service": core.list_namespaced_service(namespace).items,
+        "Deployment": apps.list_namespaced_deployment(namespace).items,
+        "StatefulSet": apps.list_namespaced_stateful_set(namespace).items,
+        "Pod": core.list_namespaced_pod(namespace).items,
+        "PersistentVolumeClaim": core.list_namespaced_persistent_volume_claim(namespace).items,
+        "Secret": secrets_,
+        "ConfigMap": configmaps,
+    }
+
+
+def test_every_catalog_chart_is_installed_and_keeps_the_contract(installed: list[Install], api) -> None:
+    assert len(installed) >= 10
+    for item in installed:
+        slug = item.template.slug
+        objects = _objects(api, item.namespace)
+
+        # the Service the platform's Ingress points at
+        services = {s.metadata.name: s for s in objects["Service"]}
+        assert item.release in services, f"{slug}: no Service named {item.release}"
+        ports = [p.port for p in services[item.release].spec.ports]
+        assert item.template.default_port in ports, f"{slug}: Service ports {ports}"
+
+        # the instance and name labels on every object
+        for kind, items in objects.items():
+            for obj in items:
+                labels = obj.metadata.labels or {}
+                assert labels.get(INSTANCE) == item.release, f"{slug}: {kind} {obj.metadata.name} labels {labels}"
+                assert labels.get(NAME), f"{slug}: {kind} {obj.metadata.name} has no {NAME}"
+
+        # claims Bound, kept on uninstall, on the default class
+        claims = objects["PersistentVolumeClaim"]
+        assert claims, f"{slug}: no PersistentVolumeClaim"
+        for claim in claims:
+            assert claim.status.phase == "Bound", f"{slug}: claim {claim.metadata.name} {claim.status.phase}"
+            assert (claim.metadata.annotations or {}).get("helm.sh/resource-policy") == "keep"
+            assert claim.spec.storage_class_name == "kaiden-local"
+
+        # workloads Ready, every container with probes, requests and limits
+        workloads = objects["Deployment"] + objects["StatefulSet"]
+        assert workloads, f"{slug}: no workload"
+        for workload in workloads:
+            assert (workload.status.ready_replicas or 0) == workload.spec.replicas >= 1, (
+                f"{slug}: {workload.metadata.name} not ready"
+            )
+            for container in workload.spec.template.spec.containers:
+                assert container.readiness_probe and container.liveness_probe, f"{slug}: {container.name} probes"
+                resources = container.resources
+                assert set(resources.requests) >= {"cpu", "memory"}, f"{slug}: {container.name} requests"
+                assert set(resources.limits) >= {"cpu", "memory"}, f"{slug}: {container.name} limits"
+        pods = objects["Pod"]
+        assert pods and all(p.status.phase == "Running" for p in pods), f"{slug}: pods not running"
+
+        # passwords: in the chart's Secret, referenced by secretKeyRef, nowhere else in plain text
+        stored = {
+            base64.b64decode(value).decode() for secret in objects["Secret"] for value in (secret.data or {}).values()
+        }
+        for key, password in item.passwords.items():
+            assert password in stored, f"{slug}: {key} is not in a Secret"
+            for kind in ("Service", "Deployment", "StatefulSet", "Pod", "PersistentVolumeClaim", "ConfigMap"):
+                for obj in objects[kind]:
+                    text = json.dumps(api.sanitize_for_serialization(obj))
+                    assert password not in text, f"{slug}: {key} appears in {kind} {obj.metadata.name}"
+        if item.passwords:
+            refs = [
+                env.value_from.secret_key_ref.name
+                for pod in pods
+                for container in pod.spec.containers
+                for env in container.env or []
+                if env.value_from and env.value_from.secret_key_ref
+            ]
+            assert refs, f"{slug}: no container reads the Secret"
