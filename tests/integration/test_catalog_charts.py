@@ -93,13 +93,16 @@ def plan(suffix: str) -> list[Install]:
     return installs
 
 
-def catalog_program(kubeconfig: str, installs: list[Install]) -> None:
-    """One namespace and one Helm release per catalog app, passwords as Pulumi secrets."""
+def catalog_program(kubeconfig: str, installs: list[Install], without: frozenset[str] = frozenset()) -> None:
+    """One namespace and one Helm release per catalog app (none for the slugs in `without`), passwords as
+    Pulumi secrets."""
     provider = k8s.Provider("cluster", kubeconfig=pulumi.Output.secret(kubeconfig))
     opts = pulumi.ResourceOptions(provider=provider)
     for item in installs:
         chart = resolve_chart(item.template.chart.repository, item.template.chart.name, item.template.chart.version)
         namespace = k8s.core.v1.Namespace(f"ns-{item.template.slug}", metadata={"name": item.namespace}, opts=opts)
+        if item.template.slug in without:
+            continue
         values = item.values()
         secret_values = nest({key: pulumi.Output.secret(value) for key, value in item.passwords.items()})
         k8s.helm.v3.Release(
@@ -122,8 +125,19 @@ def api(platform_cluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(platform_cluster.kubeconfig))
 
 
+@dataclass
+class Installed:
+    installs: list[Install]
+    stack: str
+    settings: Settings
+    kubeconfig: str
+
+    def up(self, without: frozenset[str] = frozenset()) -> engine.EngineResult:
+        return engine.up(self.stack, lambda: catalog_program(self.kubeconfig, self.installs, without), self.settings)
+
+
 @pytest.fixture(scope="module")
-def installed(platform_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Install]]:
+def installed(platform_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     """Every catalog chart installed by one `up` of one stack; destroyed (and the stack removed) afterwards."""
     suffix = uuid.uuid4().hex[:6]
     installs = plan(suffix)
@@ -137,10 +151,11 @@ def installed(platform_cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     stack = f"catalog-{suffix}"
     kubeconfig = Path(platform_cluster.kubeconfig).read_text()
+    state = Installed(installs, stack, settings, kubeconfig)
     try:
-        result = engine.up(stack, lambda: catalog_program(kubeconfig, installs), settings)
+        result = state.up()
         assert result.changes == {"create": 2 + 2 * len(installs)}  # + provider and root stack
-        yield installs
+        yield state
     finally:
         try:
             engine.destroy(stack, settings, remove=True)
@@ -163,9 +178,9 @@ def _objects(api: client.ApiClient, namespace: str) -> dict[str, list[Any]]:
     }
 
 
-def test_every_catalog_chart_is_installed_and_keeps_the_contract(installed: list[Install], api) -> None:
-    assert len(installed) >= 10
-    for item in installed:
+def test_every_catalog_chart_is_installed_and_keeps_the_contract(installed: Installed, api) -> None:
+    assert len(installed.installs) >= 10
+    for item in installed.installs:
         slug = item.template.slug
         objects = _objects(api, item.namespace)
 
@@ -224,3 +239,28 @@ def test_every_catalog_chart_is_installed_and_keeps_the_contract(installed: list
                 if env.value_from and env.value_from.secret_key_ref
             ]
             assert refs, f"{slug}: no container reads the Secret"
+
+
+def test_uninstall_keeps_the_volume_and_a_reinstall_adopts_it(installed: Installed, api) -> None:
+    """What "delete, keep volumes" relies on: the release goes, its claim stays (Bound), and installing the
+    same release again takes the same claim back."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    item = next(i for i in installed.installs if i.template.slug == "postgresql")
+    claim_name = f"{item.release}-data"
+    kept_uid = core.read_namespaced_persistent_volume_claim(claim_name, item.namespace).metadata.uid
+
+    removed = installed.up(without=frozenset({"postgresql"}))
+    assert removed.changes.get("delete") == 1
+    assert apps.list_namespaced_stateful_set(item.namespace).items == []
+    assert [s.metadata.name for s in core.list_namespaced_service(item.namespace).items] == []
+    claim = core.read_namespaced_persistent_volume_claim(claim_name, item.namespace)
+    assert claim.metadata.uid == kept_uid and claim.status.phase == "Bound"
+    # the kept claim still says whose it was: that is how the service stack finds volumes to delete
+    assert claim.metadata.labels[INSTANCE] == item.release
+
+    again = installed.up()
+    assert again.changes.get("create") == 1
+    claim = core.read_namespaced_persistent_volume_claim(claim_name, item.namespace)
+    assert claim.metadata.uid == kept_uid, "the reinstall made a new claim instead of adopting the kept one"
+    status = apps.read_namespaced_stateful_set_status(item.release, item.namespace).status
+    assert status.ready_replicas == 1
