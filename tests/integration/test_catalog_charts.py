@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,3 +265,60 @@ def test_uninstall_keeps_the_volume_and_a_reinstall_adopts_it(installed: Install
     assert claim.metadata.uid == kept_uid, "the reinstall made a new claim instead of adopting the kept one"
     status = apps.read_namespaced_stateful_set_status(item.release, item.namespace).status
     assert status.ready_replicas == 1
+
+
+def test_helm_installs_from_the_portal_chart_repository(app, platform_cluster, api, tmp_path: Path) -> None:
+    """The portal's /charts is a real Helm repository: Helm (inside the provider) reads index.yaml, fetches
+    the archive by its relative URL and installs it, as it would from any public repository."""
+    from werkzeug.serving import make_server
+
+    requested: list[str] = []
+
+    def recording(environ, start_response):
+        requested.append(environ["PATH_INFO"])
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, recording, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    repo_url = f"http://127.0.0.1:{server.server_port}/charts"
+    suffix = uuid.uuid4().hex[:6]
+    namespace, release, password = f"repo-{suffix}", f"redis-{suffix}", f"pw-{secrets.token_hex(8)}"
+    kubeconfig = Path(platform_cluster.kubeconfig).read_text()
+    template = next(t for t in LOCAL if t.slug == "redis")
+
+    def program() -> None:
+        provider = k8s.Provider("cluster", kubeconfig=pulumi.Output.secret(kubeconfig))
+        opts = pulumi.ResourceOptions(provider=provider)
+        ns = k8s.core.v1.Namespace("ns", metadata={"name": namespace}, opts=opts)
+        k8s.helm.v3.Release(
+            "redis",
+            name=release,
+            chart=template.chart.name,
+            version=template.chart.version,
+            repository_opts={"repo": repo_url},
+            namespace=ns.metadata["name"],
+            values={"auth": {"password": pulumi.Output.secret(password)}},
+            timeout=120,
+            opts=opts,
+        )
+        pulumi.export("chart", "redis")
+
+    settings = load_settings(
+        {"home": str(tmp_path / "home"), "pulumi_passphrase": "repo-passphrase", "secret_key": "test"}, environ={}
+    )
+    stack = f"chartrepo-{suffix}"
+    try:
+        result = engine.up(stack, program, settings)
+        assert result.changes == {"create": 4}  # root stack, provider, namespace, release
+        assert "/charts/index.yaml" in requested and "/charts/redis-0.1.0.tgz" in requested, requested
+        service = client.CoreV1Api(api).read_namespaced_service(release, namespace)
+        assert [p.port for p in service.spec.ports] == [template.default_port]
+        status = client.AppsV1Api(api).read_namespaced_stateful_set_status(release, namespace).status
+        assert status.ready_replicas == 1
+    finally:
+        try:
+            engine.destroy(stack, settings, remove=True)
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
