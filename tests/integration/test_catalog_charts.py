@@ -87,7 +87,7 @@ def plan(suffix: str) -> list[Install]:
         passwords = {
             spec.key: f"pw-{secrets.token_hex(12)}"
             for spec in template.values.required + template.values.optional
-            if spec.type == "password" and spec.required
+            if spec.type == "password"  # optional ones too: every password must end up in the Secret only
         }
         namespace = f"cat-{suffix}-{template.slug}"
         installs.append(Install(template, namespace, f"{template.slug}-{suffix}", passwords))
@@ -322,3 +322,59 @@ def test_helm_installs_from_the_portal_chart_repository(app, platform_cluster, a
         finally:
             server.shutdown()
             thread.join(timeout=10)
+
+
+def test_container_app_with_user_values_and_no_volume(installed: Installed, api) -> None:
+    """User values reach the objects: another image port, two replicas, plain env, no volume (emptyDir),
+    the secret variable under its chosen name; the Service still forwards the template's port."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    base = next(i for i in installed.installs if i.template.slug == "container")
+    item = Install(base.template, f"{base.namespace}-custom", f"{base.release}-custom", {"secretEnv.value": "s3cr3t-x"})
+    user_values = nest(
+        {
+            "image.repository": "ghcr.io/example/api",
+            "image.tag": "2.1",
+            "containerPort": 8080,
+            "replicaCount": 2,
+            "persistence.enabled": False,
+            "secretEnv.name": "API_KEY",
+            "env": {"LOG_LEVEL": "debug"},
+        }
+    )
+
+    def program() -> None:
+        provider = k8s.Provider("cluster", kubeconfig=pulumi.Output.secret(installed.kubeconfig))
+        opts = pulumi.ResourceOptions(provider=provider)
+        ns = k8s.core.v1.Namespace("ns", metadata={"name": item.namespace}, opts=opts)
+        chart = resolve_chart(item.template.chart.repository, item.template.chart.name, item.template.chart.version)
+        secret_values = nest({k: pulumi.Output.secret(v) for k, v in item.passwords.items()})
+        k8s.helm.v3.Release(
+            "container",
+            name=item.release,
+            chart=chart.chart,
+            namespace=ns.metadata["name"],
+            values=deep_merge(deep_merge(item.values(), user_values), secret_values),
+            timeout=120,
+            opts=opts,
+        )
+
+    stack = f"{installed.stack}-custom"
+    try:
+        engine.up(stack, program, installed.settings)
+        deployment = apps.read_namespaced_deployment(item.release, item.namespace)
+        assert deployment.status.ready_replicas == 2
+        pod_spec = deployment.spec.template.spec
+        (container,) = pod_spec.containers
+        assert container.image == "ghcr.io/example/api:2.1"
+        assert [(p.name, p.container_port) for p in container.ports] == [("http", 8080)]
+        env = {e.name: e for e in container.env}
+        assert env["LOG_LEVEL"].value == "debug"
+        assert env["API_KEY"].value is None and env["API_KEY"].value_from.secret_key_ref.key == "secret-value"
+        assert pod_spec.volumes[0].empty_dir is not None and pod_spec.volumes[0].persistent_volume_claim is None
+        assert core.list_namespaced_persistent_volume_claim(item.namespace).items == []
+        service = core.read_namespaced_service(item.release, item.namespace)
+        assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, "http")]
+        secret = core.read_namespaced_secret(f"{item.release}-secret", item.namespace)
+        assert base64.b64decode(secret.data["secret-value"]).decode() == "s3cr3t-x"
+    finally:
+        engine.destroy(stack, installed.settings, remove=True)
