@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from portal.api.framework import PageQuery, ResponseModel, Router
+from portal.api.framework import Page, PageQuery, ResponseModel, Router, paginate
 from portal.crypto import redact
 from portal.models import AppCategory, AppTemplate, User
 from portal.services import templates as service
@@ -133,12 +133,14 @@ class TemplateOut(ResponseModel):
 @router.get(
     "/cloud/templates", query=TemplateFilter, response=TemplateOut, paginated=True, summary="List app templates"
 )
-def list_templates(session: Session, actor: User, query: TemplateFilter) -> list[TemplateOut]:
+def list_templates(session: Session, actor: User, query: TemplateFilter) -> Page[TemplateOut]:
     """The marketplace: filter by `category` and `tags`, `search` ranked (name matches first), paginated."""
     filters = service.TemplateFilter(
         category=query.category, search=query.search, tags=tuple(query.tags or ()), is_active=query.is_active
     )
-    return [TemplateOut.of(t) for t in service.list_templates(session, actor, filters)]
+    # Paginate the rows first: building the response models is the expensive part (bench/marketplace.py).
+    page = paginate(service.list_templates(session, actor, filters), query)
+    return Page(items=[TemplateOut.of(t) for t in page.items], page=page.page, per_page=page.per_page, total=page.total)
 
 
 @router.get("/cloud/templates/<template_ref>", response=TemplateOut, summary="Get an app template")
