@@ -61,6 +61,10 @@ class LoopThread:
 
         try:
             self.run(cancel_all(), timeout=10)
+            # Wait for `asyncio.to_thread` work (key checks, heartbeat writes) still running: a straggler
+            # logging a traceback while the next test builds its app races CPython 3.11's global AST
+            # state ("AST constructor recursion depth mismatch", cpython gh-106905).
+            self.run(self.loop.shutdown_default_executor(), timeout=30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
