@@ -6,7 +6,6 @@ this program only refers to it by name.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,14 +42,23 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _copy_tree(value: Any) -> Any:
+    """A copy of nested dicts and lists; leaves (including Pulumi Outputs, which cannot be deep-copied) shared."""
+    if isinstance(value, Mapping):
+        return {key: _copy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(item) for item in value]
+    return value
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: `override` merged into `base`; nested dicts merge, anything else replaces."""
-    merged = copy.deepcopy(dict(base))
+    merged = _copy_tree(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+            merged[key] = _copy_tree(value)
     return merged
 
 

@@ -531,9 +531,9 @@ def preview_service(
     chart_version: str | None = None,
 ) -> Operation:
     """Queue a preview of an upgrade: values diff and the Pulumi plan, nothing changed."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "preview")
     full, version = _new_inputs(service, values, chart_version)
     _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "preview")
     return _start(
         session,
         settings,
@@ -555,9 +555,9 @@ def upgrade_service(
     chart_version: str | None = None,
 ) -> Operation:
     """Queue an upgrade to new values and/or chart version (a new revision). Also retries a failed deploy."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "upgrade")
     full, version = _new_inputs(service, values, chart_version)
     _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "upgrade")
     diff = values_diff(service.template, service.user_values, full)
     service.state = ServiceState.upgrading
     service.error_message = None
@@ -583,13 +583,13 @@ def rollback_service(
     session: Session, settings: Settings, actor: User, service: CloudService, *, revision: int
 ) -> Operation:
     """Queue a rollback: `pulumi up` with the inputs of `revision`, recorded as a new revision."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "roll back")
     source = session.scalars(
         select(ServiceRevision).where(ServiceRevision.service_id == service.id, ServiceRevision.revision == revision)
     ).first()
     if source is None:
         raise ValidationError("No such revision.", fields={"revision": "not found"})
     _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "roll back")
     service.state = ServiceState.upgrading
     service.error_message = None
     ServiceActivityLog.record(
