@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 HELM_RELEASE_MAX = 53  # Helm refuses longer release names
 ENTRYPOINTS_ANNOTATION = "traefik.ingress.kubernetes.io/router.entrypoints"
 ISSUER_ANNOTATION = "cert-manager.io/cluster-issuer"
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
@@ -156,6 +157,9 @@ def cloud_service(spec: ServiceSpec) -> None:
                 "annotations": {
                     ENTRYPOINTS_ANNOTATION: ingress.entrypoints,
                     ISSUER_ANNOTATION: ingress.cert_issuer,
+                    # Readiness is the release's (its workloads); the ingress controller fills the Ingress
+                    # status on its own schedule (never, on a cluster without one), so don't wait for it.
+                    SKIP_AWAIT_ANNOTATION: "true",
                 },
             },
             spec={

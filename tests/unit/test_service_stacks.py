@@ -173,6 +173,7 @@ def test_service_stack_ingress_names_host_class_annotations_and_tls() -> None:
     assert meta["annotations"] == {
         svc.ENTRYPOINTS_ANNOTATION: "websecure",
         svc.ISSUER_ANNOTATION: "letsencrypt-staging",
+        svc.SKIP_AWAIT_ANNOTATION: "true",
     }
     spec = ingress["spec"]
     assert spec["ingressClassName"] == "traefik"
