@@ -161,7 +161,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert env["core"].read_namespaced_limit_range("workspace-limits", ns).spec.limits[0].type == "Container"
     release = f"paas-ws-{slug}-cache"
     sts = env["apps"].read_namespaced_stateful_set(release, ns)
-    assert "256mb" in sts.spec.template.spec.containers[0].args
+    assert "256mb" in sts.spec.template.spec.containers[0].command
     selector = f"app.kubernetes.io/instance={release}"
     assert len(env["core"].list_namespaced_persistent_volume_claim(ns, label_selector=selector).items) == 1
     secrets = env["core"].list_namespaced_secret(ns, label_selector=selector).items
@@ -178,7 +178,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert operation(upgrade.json["operation"]["id"])["state"] == "succeeded"
     cache = call("GET", f"/services/{redis_id}").json
     assert cache["helm_revision"] == 2 and cache["values"]["maxmemory"] == "512mb"
-    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # preview: values diff and plan, nothing changes
     preview = call("POST", f"/services/{redis_id}/preview", json={"values": {"maxmemory": "1gb"}})
@@ -189,7 +189,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert result["result"]["values_diff"] == [{"key": "maxmemory", "old": "512mb", "new": "1gb"}]
     assert result["result"]["plan"]["update"] >= 1
     assert any(step["op"] == "update" for step in result["result"]["plan"]["steps"])
-    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # rollback to revision 1 → revision 3 with the old inputs, the StatefulSet changes back
     rollback = call("POST", f"/services/{redis_id}/rollback", json={"revision": 1})
@@ -202,7 +202,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
         (2, "upgrade", None, False),
         (1, "install", None, False),
     ]
-    assert "256mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "256mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # the progress stream of a finished operation: its last progress, then the end
     stream = call("GET", f"/operations/{rollback.json['operation']['id']}/events")
