@@ -48,8 +48,12 @@ def test_running_operation_relays_published_progress_until_end(client, db, as_us
     operation, viewer, _ = _world(db, as_user)
     connection = connect(settings)
 
+    channel = cloud.CHANNEL.format(id=operation.id)
+
     def publish_later() -> None:
-        time.sleep(1.0)  # the stream subscribes when the client starts reading
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not connection.pubsub_numsub(channel)[0][1]:
+            time.sleep(0.05)  # the stream subscribes when the client starts reading
         step = {"progress": 50, "done": 1, "total": 2, "step": "creating Release x"}
         cloud.publish(connection, str(operation.id), "progress", step)
         cloud.publish(connection, str(operation.id), "end", {"state": "succeeded", "error": None})
