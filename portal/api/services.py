@@ -41,7 +41,7 @@ class ServiceChange(RequestModel):
 
 
 class RollbackBody(RequestModel):
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=1_000_000)
 
 
 class ServiceFilter(PageQuery):
