@@ -493,10 +493,17 @@ def _preview(ctx: JobContext) -> dict[str, Any]:
     snap = ctx.snap
     values, chart_version = ctx.args["values"], ctx.args["chart_version"]
     result = apply_service(ctx, values, chart_version, preview=True)
-    with ctx.db.session() as session:
-        template = session.get(CloudService, snap.id).template
-        diff = values_diff(template, snap.values, values)
     changes = dict(result.changes)
+    with ctx.db.session() as session:
+        service = session.get(CloudService, snap.id)
+        diff = values_diff(service.template, snap.values, values)
+        ServiceActivityLog.record(
+            service,
+            ActivityEvent.previewed,
+            f"Previewed an upgrade: {len(diff)} value(s) changed, chart {chart_version}, plan {changes}",
+            {"changes": diff, "plan": changes},
+            _actor(session, ctx),
+        )
     return {
         "values_diff": diff,
         "chart_version": {"old": snap.chart_version, "new": chart_version},
@@ -586,6 +593,7 @@ _FAILED_EVENT = {
     "upgrade": ActivityEvent.upgrade_failed,
     "rollback": ActivityEvent.rollback_failed,
     "delete": ActivityEvent.delete_failed,
+    "preview": ActivityEvent.preview_failed,
 }
 
 
@@ -659,8 +667,9 @@ def _finish_failed(ctx: JobContext, message: str) -> None:
         operation.finished_at = utcnow()
         service = session.get(CloudService, ctx.snap.id)
         if ctx.kind in _FAILED_EVENT and service is not None:
-            service.state = ServiceState.error
-            service.error_message = message
+            if ctx.kind != "preview":  # a failed preview changed nothing
+                service.state = ServiceState.error
+                service.error_message = message
             ServiceActivityLog.record(
                 service, _FAILED_EVENT[ctx.kind], f"{ctx.kind.capitalize()} failed: {message}", {}, _actor(session, ctx)
             )

@@ -115,6 +115,8 @@ class ActivityEvent(enum.StrEnum):
     deleted = "deleted"
     delete_failed = "delete_failed"
     domain_updated = "domain_updated"
+    previewed = "previewed"  # an upgrade preview ran (values diff + plan); nothing changed
+    preview_failed = "preview_failed"
 
 
 # Seed-002 ResourceQuota for a workspace namespace (Kubernetes quantities).

@@ -234,7 +234,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
         engine.outputs(f"svc-{slug}-cache", stack_settings)
     activity = call("GET", f"/services/{redis_id}/activity").json["items"]
     assert [a["event_type"] for a in activity][:2] == ["deleted", "delete_requested"]
-    assert {"deployed", "upgraded", "rolled_back"} <= {a["event_type"] for a in activity}
+    assert {"deployed", "upgraded", "previewed", "rolled_back"} <= {a["event_type"] for a in activity}
 
     text = "\n".join(seen)
     assert REDIS_PASSWORD not in text and N8N_KEY not in text
