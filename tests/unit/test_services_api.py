@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -92,7 +93,7 @@ def test_create_returns_service_and_operation_and_queues_the_job(client, db, wor
     job = queue.fetch_job(operation["id"])
     assert PASSWORD not in json.dumps([str(a) for a in job.args])
     # the stored row: password encrypted, not in the plain column
-    row = db.get(CloudService, service["id"])
+    row = db.get(CloudService, uuid.UUID(service["id"]))
     db.refresh(row)
     assert "auth.password" not in row.helm_values and row.user_values["auth.password"] == PASSWORD
     activity = client.get(f"/api/v1/services/{service['id']}/activity", headers=world["headers"]["viewer"]).json
@@ -197,7 +198,7 @@ def test_one_operation_at_a_time_names_the_running_one(client, db, world):
     assert blocked.json["error"]["code"] == "operation_running"
     assert blocked.json["operation_id"] == running_id
     # finished → the next one may start
-    op = db.get(Operation, running_id)
+    op = db.get(Operation, uuid.UUID(running_id))
     op.state = OperationState.succeeded
     db.commit()
     assert client.delete(url, headers=world["headers"]["owner"]).status_code == 202
@@ -209,7 +210,7 @@ def test_upgrade_keeps_a_blank_password_and_preview_queues(client, db, world, se
     preview = client.post(f"{url}/preview", json={"values": {"size": "16Gi"}}, headers=world["headers"]["member"])
     assert preview.status_code == 202 and set(preview.json) == {"operation"}
     assert preview.json["operation"]["kind"] == "service.preview"
-    db.get(Operation, preview.json["operation"]["id"]).state = OperationState.succeeded
+    db.get(Operation, uuid.UUID(preview.json["operation"]["id"])).state = OperationState.succeeded
     db.commit()
     bad = client.patch(url, json={"values": {"nope": 1}}, headers=world["headers"]["member"])
     assert bad.status_code == 422 and bad.json["error"]["fields"] == {"values.nope": "is not allowed"}
