@@ -68,6 +68,7 @@ class ServiceState(enum.StrEnum):
     error = "error"
     upgrading = "upgrading"
     deleting = "deleting"
+    deleted = "deleted"  # the stack is gone; the row keeps the history
 
 
 class RevisionKind(enum.StrEnum):
@@ -114,6 +115,8 @@ class ActivityEvent(enum.StrEnum):
     deleted = "deleted"
     delete_failed = "delete_failed"
     domain_updated = "domain_updated"
+    previewed = "previewed"  # an upgrade preview ran (values diff + plan); nothing changed
+    preview_failed = "preview_failed"
 
 
 # Seed-002 ResourceQuota for a workspace namespace (Kubernetes quantities).

@@ -74,7 +74,7 @@ def test_upgrade_matches_the_models_and_downgrade_empties(empty_database: str, t
     assert migrations.current(settings) is None
 
     migrations.upgrade(settings)
-    assert migrations.current(settings) == migrations.head() == "0001"
+    assert migrations.current(settings) == migrations.head() == "0002"
 
     engine = create_engine(empty_database)
     try:
@@ -100,7 +100,7 @@ def test_upgrade_matches_the_models_and_downgrade_empties(empty_database: str, t
         engine.dispose()
 
     migrations.upgrade(settings)  # and back again: the round trip is repeatable
-    assert migrations.current(settings) == "0001"
+    assert migrations.current(settings) == "0002"
 
 
 def test_migrated_schema_works_with_the_models(empty_database: str, tmp_path: Path) -> None:
@@ -128,3 +128,21 @@ def test_migrated_schema_works_with_the_models(empty_database: str, tmp_path: Pa
         database.dispose()
     migrations.downgrade(settings)
     assert migrations.current(settings) is None
+
+
+def test_0002_allows_the_deleted_service_state(empty_database: str, tmp_path: Path) -> None:
+    settings = _settings(empty_database, tmp_path)
+    migrations.upgrade(settings)
+    engine = create_engine(empty_database)
+    try:
+        checks = {c["name"]: c["sqltext"] for c in inspect(engine).get_check_constraints("cloud_services")}
+        assert "'deleted'" in checks["ck_cloud_services_service_state"]
+    finally:
+        engine.dispose()
+    migrations.downgrade(settings, "0001")
+    engine = create_engine(empty_database)
+    try:
+        checks = {c["name"]: c["sqltext"] for c in inspect(engine).get_check_constraints("cloud_services")}
+        assert "'deleted'" not in checks["ck_cloud_services_service_state"]
+    finally:
+        engine.dispose()
