@@ -94,7 +94,9 @@ def wants_json() -> bool:
 
 
 def error_body(error: KaidenError) -> dict:
-    return {"error": {"code": error.code, "message": error.message, "fields": dict(error.fields)}}
+    body = {"error": {"code": error.code, "message": error.message, "fields": dict(error.fields)}}
+    body.update(getattr(error, "extra", None) or {})  # e.g. the running operation's id on a 409
+    return body
 
 
 def error_response(error: KaidenError, status: int | None = None) -> Response:

@@ -13,7 +13,7 @@ from flask import Blueprint, Flask
 
 from portal.api.framework import Route, Router, make_view
 
-_NOT_ROUTERS = {"framework"}
+_NOT_ROUTERS = {"framework", "events"}
 _ROUTES_KEY = "kaiden.api_routes"
 
 
@@ -33,6 +33,9 @@ def discover_routers() -> list[Router]:
 def init_app(app: Flask) -> None:
     """Mount every discovered route on the `api` blueprint and record the route table on the app."""
     app.extensions[_ROUTES_KEY] = mount(app, discover_routers(), "api")
+    from portal.api import events
+
+    events.init_app(app)  # the SSE progress stream: a plain view, not in the JSON route table
 
 
 def mount(app: Flask, routers: list[Router], blueprint_name: str) -> list[Route]:

@@ -432,7 +432,10 @@ def _respond(route: Route, result: Any, query: Any) -> Response:
         }
     elif route.status == 202:
         assert route.response is not None
-        payload = {"operation": dump(route.response, result)}
+        if "operation" in route.response.model_fields:  # an envelope already, e.g. {"service", "operation"}
+            payload = dump(route.response, result)
+        else:
+            payload = {"operation": dump(route.response, result)}
     elif route.response is not None:
         payload = dump(route.response, result)
     else:

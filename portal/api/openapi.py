@@ -211,6 +211,8 @@ def _success_schema(route: Route, ref: Any, schemas: dict[str, Any]) -> dict[str
             },
         }
         return {"$ref": _REF.format(model=name)}
+    if route.status == 202 and "operation" in route.response.model_fields:
+        return item  # the response model is the envelope itself
     if route.status == 202:
         name = f"{_name(item)}Accepted"
         schemas[name] = {

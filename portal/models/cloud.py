@@ -68,6 +68,7 @@ class ServiceState(enum.StrEnum):
     error = "error"
     upgrading = "upgrading"
     deleting = "deleting"
+    deleted = "deleted"  # the stack is gone; the row keeps the history
 
 
 class RevisionKind(enum.StrEnum):

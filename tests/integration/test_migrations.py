@@ -74,7 +74,7 @@ def test_upgrade_matches_the_models_and_downgrade_empties(empty_database: str, t
     assert migrations.current(settings) is None
 
     migrations.upgrade(settings)
-    assert migrations.current(settings) == migrations.head() == "0001"
+    assert migrations.current(settings) == migrations.head() == "0002"
 
     engine = create_engine(empty_database)
     try:
@@ -100,7 +100,7 @@ def test_upgrade_matches_the_models_and_downgrade_empties(empty_database: str, t
         engine.dispose()
 
     migrations.upgrade(settings)  # and back again: the round trip is repeatable
-    assert migrations.current(settings) == "0001"
+    assert migrations.current(settings) == "0002"
 
 
 def test_migrated_schema_works_with_the_models(empty_database: str, tmp_path: Path) -> None:
