@@ -17,6 +17,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.charts import resolve_chart
 from portal.errors import ValidationError
 from portal.models import AppCategory, AppTemplate
 
@@ -148,8 +149,12 @@ class LoadResult:
         )
 
 
-def parse_template_file(path: Path) -> TemplateFile:
-    """Parse and validate one file; errors name the file and the field."""
+def parse_template_file(path: Path, charts: Path | None = None) -> TemplateFile:
+    """Parse and validate one file; errors name the file and the field.
+
+    With `charts` (a `catalog/charts` directory), a template using one of our own charts must find it
+    there with the same version as its Chart.yaml.
+    """
     where = path.name
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -167,12 +172,27 @@ def parse_template_file(path: Path) -> TemplateFile:
     if template.slug != path.stem:
         message = f"must equal the file name ({path.stem!r})"
         raise ValidationError(f"{where}: slug: {message}", fields={f"{where}: slug": message})
+    if charts is not None and template.chart.repository == LOCAL_REPOSITORY:
+        _check_local_chart(where, template.chart, charts)
     return template
 
 
+def _check_local_chart(where: str, chart: ChartSpec, charts: Path) -> None:
+    try:
+        resolve_chart(chart.repository, chart.name, chart.version, charts)
+    except ValidationError as exc:
+        field_name = "chart.name" if "chart.name" in exc.fields else "chart.version"
+        message = exc.message if field_name == "chart.version" else f"{exc.message} ({exc.fields[field_name]})"
+        raise ValidationError(f"{where}: {field_name}: {message}", fields={f"{where}: {field_name}": message}) from None
+
+
 def load_catalog(session: Session, directory: Path) -> LoadResult:
-    """Validate every `*.yaml` in `directory` first; only when all are valid, upsert them all."""
-    templates = [parse_template_file(path) for path in sorted(directory.glob("*.yaml"))]
+    """Validate every `*.yaml` in `directory` first; only when all are valid, upsert them all.
+
+    Templates on our own charts need them in `directory/charts/<name>` with the template's version.
+    """
+    charts = directory / "charts"
+    templates = [parse_template_file(path, charts) for path in sorted(directory.glob("*.yaml"))]
     result = LoadResult()
     existing = {t.slug: t for t in session.scalars(select(AppTemplate))}
     for template in templates:

@@ -256,6 +256,28 @@ def catalog_load(directory: Path | None) -> None:
     click.echo(result.summary())
 
 
+@catalog_group.command("package")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder.")
+@click.option(
+    "--charts",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Chart folder (default: catalog/charts).",
+)
+@click.option("--base-url", default="", help="Absolute URL the archives will be served from (default: relative).")
+def catalog_package(out: Path, charts: Path | None, base_url: str) -> None:
+    """Write our Helm charts as a chart repository: index.yaml and <name>-<version>.tgz."""
+    from portal.chartrepo import write_repository
+    from portal.errors import KaidenError
+
+    try:
+        written = write_repository(out, charts, base_url)
+    except KaidenError as exc:
+        _fail(exc)
+    for path in written:
+        click.echo(str(path))
+
+
 @main.group("demo")
 def demo_group() -> None:
     """Demo data."""

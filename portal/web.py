@@ -24,13 +24,14 @@ _SESSION_KEY = "kaiden_db_session"
 
 def init_app(app: Flask) -> None:
     """Register every blueprint, the error handlers and the per-request transaction."""
-    from portal import api, auth, pages
+    from portal import api, auth, chartrepo, pages
 
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # a token lives as long as the session
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the order the response models declare
     auth.init_app(app)
     api.init_app(app)
     pages.init_app(app)
+    app.register_blueprint(chartrepo.blueprint)  # /charts: our Helm chart repository (public, read-only)
 
     app.after_request(_commit_handler)
     app.teardown_request(_close_session_handler)

@@ -1,0 +1,21 @@
+{{/* Names and labels shared by every object of the postgresql chart. */}}
+{{- define "postgresql.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "postgresql.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "postgresql.secretName" -}}
+{{- printf "%s-secret" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "postgresql.claimName" -}}
+{{- printf "%s-data" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
