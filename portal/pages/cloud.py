@@ -11,27 +11,16 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request, url_for
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import auth, settings_of
 from portal.auth import policy
 from portal.auth.policy import WorkspaceAction
 from portal.errors import NotFound
-from portal.models import (
-    APP_CATEGORY_LABELS,
-    AppCategory,
-    AppTemplate,
-    CloudService,
-    Operation,
-    ServiceActivityLog,
-    ServiceRevision,
-    User,
-    Workspace,
-)
-from portal.models.operations import ACTIVE_OPERATION_STATES, TargetType
+from portal.models import APP_CATEGORY_LABELS, AppCategory, AppTemplate, User, Workspace
+from portal.services import cloud_services
 from portal.services import templates as template_service
-from portal.tenancy import get_scoped, scoped
+from portal.tenancy import scoped
 from portal.web import request_session
 
 blueprint = Blueprint("cloud", __name__)
@@ -65,29 +54,9 @@ def workspace_by_ref(session: Session, actor: User, ref: str, action: WorkspaceA
     return policy.workspace_for(session, actor, workspace_id, action)
 
 
-def service_for(session: Session, actor: User, service_id: uuid.UUID) -> CloudService:
-    """A service whose workspace the actor may read; others are 404 exactly like a missing one."""
-    service = get_scoped(session, CloudService, service_id, actor)
-    policy.workspace_for(session, actor, service.workspace_id, WorkspaceAction.READ)
-    return service
-
-
 def _can(session: Session, actor: User, workspace: Workspace, action: WorkspaceAction) -> bool:
     role = None if policy.is_staff(actor) else policy.membership_role(session, actor, workspace.id)
     return policy.can_workspace(actor, role, action)
-
-
-def _active_operation(session: Session, service: CloudService) -> Operation | None:
-    return session.scalar(
-        select(Operation)
-        .where(
-            Operation.target_type == TargetType.service,
-            Operation.target_id == service.id,
-            Operation.state.in_(ACTIVE_OPERATION_STATES),
-        )
-        .order_by(Operation.created_at.desc())
-        .limit(1)
-    )
 
 
 def _deployable_workspaces(session: Session, actor: User) -> list[Workspace]:
@@ -174,12 +143,7 @@ def workspace_dashboard(ws_ref: str) -> str:
     """Service cards with status badges; "Deploy your first service" when there are none."""
     actor, session = _actor(), request_session()
     workspace = workspace_by_ref(session, actor, ws_ref, WorkspaceAction.READ)
-    services = session.scalars(
-        select(CloudService)
-        .where(CloudService.workspace_id == workspace.id)
-        .order_by(CloudService.created_at, CloudService.id)
-    ).all()
-    services = [s for s in services if str(s.state) not in GONE_STATES]
+    services = session.scalars(cloud_services.services_of(workspace)).all()  # deleted ones left out
     return render_template(
         "cloud/workspace.html",
         workspace=workspace,
@@ -252,25 +216,15 @@ def configure(ws_ref: str, template_ref: str) -> str:
 def service_detail(service_id: uuid.UUID) -> str:
     """Header (status, Open Web UI, Rollback, Delete) and the Overview and Configuration tabs."""
     actor, session = _actor(), request_session()
-    service = service_for(session, actor, service_id)
+    service = cloud_services.get_service(session, actor, service_id, WorkspaceAction.READ)
     workspace = service.workspace
     required, optional = template_specs(service.template)
     # Only non-secret values reach the page; password keys are shown as set / not set.
     secret_keys = service.template.secret_keys
-    secrets_set = {key for key, value in (service.helm_secret_values or {}).items() if value not in (None, "")}
+    secrets_set = set(cloud_services.secret_keys_set(service))
     plain_values = {k: v for k, v in (service.helm_values or {}).items() if k not in secret_keys}
-    revisions = session.scalars(
-        select(ServiceRevision)
-        .where(ServiceRevision.service_id == service.id)
-        .order_by(ServiceRevision.revision.desc())
-        .limit(50)
-    ).all()
-    activity = session.scalars(
-        select(ServiceActivityLog)
-        .where(ServiceActivityLog.service_id == service.id)
-        .order_by(ServiceActivityLog.created_at.desc(), ServiceActivityLog.id)
-        .limit(50)
-    ).all()
+    revisions = session.scalars(cloud_services.revisions(service).limit(50)).all()
+    activity = session.scalars(cloud_services.activity(service).limit(50)).all()
     state = str(service.state)
     return render_template(
         "cloud/service.html",
@@ -285,7 +239,7 @@ def service_detail(service_id: uuid.UUID) -> str:
         secrets_set=secrets_set,
         revisions=revisions,
         activity=activity,
-        operation=_active_operation(session, service),
+        operation=cloud_services.active_operation(session, service),
         can_deploy=_can(session, actor, workspace, WorkspaceAction.DEPLOY),
         can_delete=_can(session, actor, workspace, WorkspaceAction.DELETE),
         is_gone=state in GONE_STATES,

@@ -54,6 +54,7 @@ async function check() {
   for (const [field, input] of [["reference_id", referenceInput], ["subdomain", subdomainInput]]) {
     const value = input.value.trim();
     const problem = localProblem(value);
+    if (input.disabled) continue;
     if (!value) setStatus(field, "", null);
     else if (problem) setStatus(field, `✗ ${problem}`, false);
     else {
@@ -93,11 +94,18 @@ subdomainInput.addEventListener("input", () => {
   subdomainEdited = subdomainInput.value !== "";
   checkSoon();
 });
+// A private service is not published: no subdomain to choose or check.
+privateInput.addEventListener("change", () => {
+  subdomainInput.disabled = privateInput.checked;
+  if (privateInput.checked) setStatus("subdomain", "Private services get no public address.", null);
+  else checkSoon();
+});
 
 function clientHints() {
   const fields = {};
   if (!nameInput.value.trim()) fields.name = "required";
   for (const [field, input] of [["reference_id", referenceInput], ["subdomain", subdomainInput]]) {
+    if (input.disabled) continue;
     const problem = localProblem(input.value.trim());
     if (problem) fields[field] = problem;
   }
@@ -130,7 +138,7 @@ form.addEventListener("submit", async (event) => {
     values: collectValues(form),
   };
   if (referenceInput.value.trim()) body.reference_id = referenceInput.value.trim();
-  if (subdomainInput.value.trim()) body.subdomain = subdomainInput.value.trim();
+  if (subdomainInput.value.trim() && !subdomainInput.disabled) body.subdomain = subdomainInput.value.trim();
   setBusy(true);
   let answer;
   try {
