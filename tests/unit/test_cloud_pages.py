@@ -232,6 +232,15 @@ def test_every_generated_input_has_a_label(client, world) -> None:
         assert f'for="{ident}"' in html, ident
 
 
+def test_apps_without_web_ui_get_no_subdomain_field(client, db, world) -> None:
+    factories.make_template(db, slug="cache", name="Cache", ingress_enabled=False, default_port=6379)
+    db.commit()
+    login(client, world["owner"])
+    html = client.get(f"/workspaces/{world['workspace'].id}/services/new/cache").get_data(as_text=True)
+    assert 'id="svc-subdomain"' not in html and 'id="no-subdomain"' in html and "port 6379" in html
+    assert 'id="svc-private"' in html and 'id="svc-reference"' in html
+
+
 def test_configure_unknown_or_inactive_template_is_404(client, db, world) -> None:
     world["other"].is_active = False
     db.commit()

@@ -9,7 +9,9 @@ const form = document.getElementById("configure-form");
 const workspaceId = form.dataset.workspaceId;
 const nameInput = document.getElementById("svc-name");
 const referenceInput = document.getElementById("svc-reference");
+// Absent for apps without a web UI (no ingress: the server ignores any subdomain).
 const subdomainInput = document.getElementById("svc-subdomain");
+const named = [["reference_id", referenceInput], ["subdomain", subdomainInput]].filter(([, input]) => input);
 const privateInput = document.getElementById("svc-private");
 const launchButton = document.getElementById("launch-button");
 const formError = document.getElementById("form-error");
@@ -51,7 +53,7 @@ function localProblem(value) {
 async function check() {
   const params = new URLSearchParams();
   const asked = [];
-  for (const [field, input] of [["reference_id", referenceInput], ["subdomain", subdomainInput]]) {
+  for (const [field, input] of named) {
     const value = input.value.trim();
     const problem = localProblem(value);
     if (input.disabled) continue;
@@ -69,7 +71,7 @@ async function check() {
     for (const field of asked) {
       const result = answer[field];
       if (!result) continue;
-      const input = field === "subdomain" ? subdomainInput : referenceInput;
+      const input = named.find(([name]) => name === field)[1];
       if (result.value !== undefined && result.value !== input.value.trim()) continue; // stale answer
       if (result.available) setStatus(field, field === "subdomain" ? "✓ Available" : "✓ Available in this workspace", true);
       else setStatus(field, `✗ ${result.reason || "Not available"}`, false);
@@ -82,29 +84,31 @@ const checkSoon = debounce(check, 300);
 
 nameInput.addEventListener("input", () => {
   if (!referenceEdited) referenceInput.value = slugify(nameInput.value);
-  if (!subdomainEdited) subdomainInput.value = referenceInput.value;
+  if (subdomainInput && !subdomainEdited) subdomainInput.value = referenceInput.value;
   checkSoon();
 });
 referenceInput.addEventListener("input", () => {
   referenceEdited = referenceInput.value !== "";
-  if (!subdomainEdited) subdomainInput.value = referenceInput.value;
+  if (subdomainInput && !subdomainEdited) subdomainInput.value = referenceInput.value;
   checkSoon();
 });
-subdomainInput.addEventListener("input", () => {
-  subdomainEdited = subdomainInput.value !== "";
-  checkSoon();
-});
-// A private service is not published: no subdomain to choose or check.
-privateInput.addEventListener("change", () => {
-  subdomainInput.disabled = privateInput.checked;
-  if (privateInput.checked) setStatus("subdomain", "Private services get no public address.", null);
-  else checkSoon();
-});
+if (subdomainInput) {
+  subdomainInput.addEventListener("input", () => {
+    subdomainEdited = subdomainInput.value !== "";
+    checkSoon();
+  });
+  // A private service is not published: no subdomain to choose or check.
+  privateInput.addEventListener("change", () => {
+    subdomainInput.disabled = privateInput.checked;
+    if (privateInput.checked) setStatus("subdomain", "Private services get no public address.", null);
+    else checkSoon();
+  });
+}
 
 function clientHints() {
   const fields = {};
   if (!nameInput.value.trim()) fields.name = "required";
-  for (const [field, input] of [["reference_id", referenceInput], ["subdomain", subdomainInput]]) {
+  for (const [field, input] of named) {
     if (input.disabled) continue;
     const problem = localProblem(input.value.trim());
     if (problem) fields[field] = problem;
@@ -138,7 +142,7 @@ form.addEventListener("submit", async (event) => {
     values: collectValues(form),
   };
   if (referenceInput.value.trim()) body.reference_id = referenceInput.value.trim();
-  if (subdomainInput.value.trim() && !subdomainInput.disabled) body.subdomain = subdomainInput.value.trim();
+  if (subdomainInput && subdomainInput.value.trim() && !subdomainInput.disabled) body.subdomain = subdomainInput.value.trim();
   setBusy(true);
   let answer;
   try {
