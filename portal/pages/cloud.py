@@ -7,6 +7,7 @@ in `portal/static/` through the REST API, so the server stays the one authority 
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -110,6 +111,16 @@ def price_filter(value: float | None) -> str:
     if not value:
         return "Free"
     return f"${value:,.2f}/mo" if value % 1 else f"${value:,.0f}/mo"
+
+
+@blueprint.app_template_filter("value_text")
+def value_text(value: Any) -> str:
+    """A Helm value as the user typed it: `true`/`false`, numbers and strings as is, structures as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
 @blueprint.app_template_filter("icon_is_image")

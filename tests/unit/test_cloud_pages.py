@@ -72,7 +72,7 @@ def _service(db, world, **kw):
         db,
         world["workspace"],
         world["template"],
-        values={"auth.password": SECRET, "auth.database": "shop_db", "replicas": 2},
+        values={"auth.password": SECRET, "auth.database": "shop_db", "replicas": 2, "metrics.enabled": True},
         **kw,
     )
     db.commit()
@@ -285,6 +285,7 @@ def test_service_detail_header_tabs_and_no_secret(client, db, world) -> None:
     row = re.search(r'<tr data-key="auth.password">.*?</tr>', html, re.S).group(0)
     assert ">set<" in row
     assert "shop_db" in html
+    assert re.search(r'<tr data-key="metrics.enabled">.*?<code>true</code>', html, re.S)
     for group in SPECS.values():
         for spec in group:
             assert f'data-key="{spec["key"]}"' in html

@@ -74,8 +74,18 @@ function follow(operation, title, then) {
   });
 }
 
-function defaultEnd(end) {
-  if (end.state === "succeeded") window.location.reload();
+// Success: reload (new revision, values, URL). Otherwise keep the error in the panel and refresh the badge.
+async function defaultEnd(end) {
+  if (end.state === "succeeded") {
+    window.location.reload();
+    return;
+  }
+  try {
+    const service = await api("GET", `/services/${serviceId}`);
+    setState(service.state);
+  } catch {
+    /* the panel already shows what went wrong */
+  }
 }
 
 // A 409 naming the running operation: show it instead of failing.
@@ -132,7 +142,7 @@ if (dialog) {
         if (end.state === "succeeded") {
           setState("deleted");
           window.location.assign(page.dataset.dashboardUrl);
-        }
+        } else defaultEnd(end);
       });
     } catch (err) {
       confirmButton.disabled = false;
