@@ -223,6 +223,39 @@ def test_marketplace_to_running_service_and_delete(kaiden: Portal, page) -> None
     assert "E2e-" not in page.content()
     shot("service-configuration")
 
+    # Upgrade: edit a value → preview (values diff + plan) → apply → revision 2.
+    page.get_by_role("button", name="Edit").click()
+    page.get_by_label("Max Memory").select_option("512mb")
+    page.get_by_role("button", name="Preview changes").click()
+    preview = page.locator("#preview-result")
+    expect(preview).to_be_visible(timeout=DEPLOY_TIMEOUT_MS)
+    expect(page.locator("#preview-diff")).to_contain_text("maxmemory")
+    expect(page.locator("#preview-diff")).to_contain_text("512mb")
+    expect(page.locator("#preview-plan")).to_contain_text("to update")
+    assert "E2e-" not in page.content()
+    shot("upgrade-preview")
+    page.get_by_role("button", name="Apply upgrade").click()
+    expect(page.locator("#operation-panel")).to_be_visible()
+    expect(page.get_by_role("button", name="Edit")).to_be_disabled()  # one operation at a time
+    shot("upgrade-progress")
+    expect(page.locator("#helm-revision")).to_have_text("2", timeout=DEPLOY_TIMEOUT_MS)
+    expect(page.locator("#service-state")).to_have_text("Running")
+    expect(page.locator('#current-values tr[data-key="maxmemory"]')).to_contain_text("512mb")
+    shot("upgraded")
+
+    # Rollback from the header dropdown to revision 1 → a new revision 3 with revision 1's values.
+    page.locator("#rollback-menu summary").click()
+    page.get_by_label("Roll back to revision").select_option("1")
+    page.get_by_role("button", name="Roll back", exact=True).click()
+    expect(page.locator("#operation-panel")).to_be_visible()
+    expect(page.locator("#helm-revision")).to_have_text("3", timeout=DEPLOY_TIMEOUT_MS)
+    expect(page.locator("#service-state")).to_have_text("Running")
+    expect(page.locator('#current-values tr[data-key="maxmemory"]')).to_contain_text("256mb")
+    revisions = _api_get(page, f"/api/v1/services/{service_id}/revisions")
+    assert [r["revision"] for r in revisions["items"]][:3] == [3, 2, 1]
+    assert revisions["items"][0]["kind"] == "rollback" and revisions["items"][0]["source_revision"] == 1
+    shot("rolled-back")
+
     # Back on the dashboard the card shows its badge.
     page.get_by_role("link", name=workspace_name).first.click()
     card = page.locator(f'[data-service-id="{service_id}"]')
