@@ -312,6 +312,7 @@ def test_service_detail_attaches_to_the_running_operation(client, db, world) -> 
     html = client.get(f"/services/{service.id}").get_data(as_text=True)
     assert f'data-operation-id="{operation.id}"' in html
     assert "creating Deployment paas-x" in html and 'aria-valuenow="40"' in html
+    assert "Deploying…" in html
 
 
 def test_missing_service_is_404(client, world) -> None:

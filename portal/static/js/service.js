@@ -102,7 +102,8 @@ function handleError(err, root) {
 if (panelElement.dataset.operationId) {
   const fill = panelElement.querySelector(".progress-fill");
   fill.style.width = `${fill.dataset.progress || 0}%`;
-  follow({ id: panelElement.dataset.operationId, progress: Number(fill.dataset.progress || 0) }, "Operation in progress");
+  const title = panelElement.querySelector(".operation-title").textContent;
+  follow({ id: panelElement.dataset.operationId, progress: Number(fill.dataset.progress || 0) }, title);
 }
 
 // ---------------------------------------------------------------- delete (modal)
