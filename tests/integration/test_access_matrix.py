@@ -99,6 +99,12 @@ def build_tenant(session: Session, name: str) -> Tenant:
     support_session = factories.make_session(session, ticket=ticket, node=node)
     operation = factories.make_operation(session, factories.make_service(session, workspace))
     template = factories.make_template(session, slug=f"matrix-app-{name.lower()}")
+    # Cloud Services: a running service with one revision and no operation in flight
+    service = factories.make_service(
+        session, workspace, template, state="running", helm_revision=1, values={"auth.postgresPassword": "pw-1234"}
+    )
+    factories.make_revision(session, service)
+    tenant.ids["service_id"] = service.id
     tenant.ids.update(
         cluster_id=cluster.id,
         ticket_id=ticket.id,
@@ -259,6 +265,30 @@ EXPECTATIONS: dict[tuple[str, str], Expect] = {
     ("GET", f"{V1}/sessions/{{session_id}}"): Expect(tenant_read()),
     # operations: readable where the target is (here a service: workspace members only)
     ("GET", f"{V1}/operations/{{operation_id}}"): Expect(workspace("read", 200)),
+    # Cloud Services (docs/cloud-services.md): viewers read, members deploy/upgrade/roll back, admins delete
+    ("GET", f"{V1}/workspaces/{{workspace_id}}/services"): Expect(workspace("read", 200)),
+    ("GET", f"{V1}/workspaces/{{workspace_id}}/services/check"): Expect(workspace("read", 200)),
+    ("POST", f"{V1}/workspaces/{{workspace_id}}/services"): Expect(
+        workspace("deploy", 202),
+        body=lambda w, t, r: {
+            "template_id": t.ids["template_ref"],
+            "name": "Matrix service",
+            "values": {"auth.postgresPassword": "matrix-pw-1"},
+        },
+    ),
+    ("GET", f"{V1}/services/{{service_id}}"): Expect(workspace("read", 200)),
+    ("PATCH", f"{V1}/services/{{service_id}}"): Expect(
+        workspace("deploy", 202), body=lambda w, t, r: {"values": {"auth.database": "changed"}}
+    ),
+    ("DELETE", f"{V1}/services/{{service_id}}"): Expect(workspace("delete", 202)),
+    ("POST", f"{V1}/services/{{service_id}}/preview"): Expect(
+        workspace("deploy", 202), body=lambda w, t, r: {"values": {"auth.database": "changed"}}
+    ),
+    ("POST", f"{V1}/services/{{service_id}}/rollback"): Expect(
+        workspace("deploy", 202), body=lambda w, t, r: {"revision": 1}
+    ),
+    ("GET", f"{V1}/services/{{service_id}}/revisions"): Expect(workspace("read", 200)),
+    ("GET", f"{V1}/services/{{service_id}}/activity"): Expect(workspace("read", 200)),
 }
 
 

@@ -103,7 +103,9 @@ def test_enum_values_are_checked_in_python_and_in_the_database(db: Session) -> N
 
 
 def test_enums_match_the_seeds() -> None:
-    assert [c.value for c in m.ServiceState] == ["pending", "deploying", "running", "error", "upgrading", "deleting"]
+    # the seed's six, plus `deleted` (issue 4: a deleted service keeps its row and history; migration 0002)
+    seed = ["pending", "deploying", "running", "error", "upgrading", "deleting"]
+    assert [c.value for c in m.ServiceState] == [*seed, "deleted"]
     assert [s.value for s in m.ClusterStatus] == ["pending", "online", "offline"]
     assert [s.value for s in m.NodeStatus] == ["ready", "not-ready", "unknown"]
     assert [s.value for s in m.TicketStatus] == ["open", "in_progress", "resolved", "closed"]
