@@ -25,7 +25,7 @@ import pytest
 from portal.demo import DEMO_CUSTOMER_USER, DEMO_WORKSPACE
 from tests.e2e.test_embedded_up import BROWSER_ARGS, CHROMIUM, Portal, _free_port, _wait_http
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "Redis"  # from the catalog: small chart, one required password
