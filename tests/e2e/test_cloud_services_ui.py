@@ -105,6 +105,7 @@ def page(kaiden: Portal, request: pytest.FixtureRequest):
             yield page
         finally:
             (_artifacts_dir() / f"{request.node.name}.console.log").write_text("\n".join(console))
+            page.screenshot(path=str(_artifacts_dir() / f"{request.node.name}-last.png"), full_page=True)
             browser.close()
         assert not [line for line in console if line.startswith("pageerror")], console
 
@@ -206,7 +207,7 @@ def test_marketplace_to_running_service_and_delete(kaiden: Portal, page) -> None
     expect(progress).to_be_visible()
     expect(progress.get_by_role("progressbar")).to_be_visible()
     shot("launch-progress")
-    page.wait_for_url(re.compile(r".*/services/[0-9a-f-]{36}$"), timeout=DEPLOY_TIMEOUT_MS)
+    _wait_for_page_or_error(page, "/services/", "#launch-progress")
     service_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("#service-state")).to_have_text("Running")
     expect(page.get_by_role("heading", level=1)).to_contain_text(f"Cache E2E {suffix}")
@@ -282,7 +283,7 @@ def test_marketplace_to_running_service_and_delete(kaiden: Portal, page) -> None
     confirm.click()
     expect(page.locator("#operation-panel")).to_be_visible()
     shot("delete-progress")
-    page.wait_for_url(re.compile(r".*/workspaces/[0-9a-f-]{36}$"), timeout=DEPLOY_TIMEOUT_MS)
+    _wait_for_page_or_error(page, "/workspaces/", "#operation-panel")
     expect(page.locator(f'[data-service-id="{service_id}"]')).to_have_count(0)
     expect(page.get_by_text("Deploy your first service")).to_be_visible()
     assert _api_get(page, f"/api/v1/services/{service_id}")["state"] == "deleted"
@@ -331,6 +332,18 @@ def test_subdomain_is_checked_as_you_type_and_the_server_decides(kaiden: Portal,
     page.get_by_label("Private network").check()
     expect(subdomain).to_be_disabled()
     expect(status).to_contain_text("no public address")
+
+
+def _wait_for_page_or_error(page, path_prefix: str, panel: str) -> None:
+    """Wait until the operation's page moves on to `path_prefix`, failing at once with its error if it fails."""
+    page.wait_for_function(
+        """([prefix, panel]) => location.pathname.startsWith(prefix)
+             || !(document.querySelector(panel + " .progress-error") || {hidden: true}).hidden""",
+        arg=[path_prefix, panel],
+        timeout=DEPLOY_TIMEOUT_MS,
+    )
+    if not page.url.split("://", 1)[1].split("/", 1)[1].startswith(path_prefix.lstrip("/")):
+        raise AssertionError("the operation failed: " + page.locator(f"{panel} .progress-error").inner_text())
 
 
 def _fill_required(page) -> None:

@@ -30,7 +30,22 @@ export function watchOperation(operationId, { onProgress = () => {}, onEnd = () 
   const fallback = () => {
     if (source) source.close();
     source = null;
-    if (!finished && timer === null) poll();
+    if (!finished) {
+      clearTimeout(timer);
+      poll();
+    }
+  };
+  // A stream that stays open but goes quiet (a proxy buffering it, a lost end event) must not hang
+  // the page: while it is open, the database state is still checked every few seconds.
+  const watchdog = async () => {
+    if (finished || !source) return;
+    try {
+      const op = await api("GET", `/operations/${operationId}`);
+      if (FINAL.has(op.state)) return finish(op.state, op.error);
+    } catch {
+      /* the stream or the next check settles it */
+    }
+    if (!finished && source) timer = setTimeout(watchdog, 5000); // else polling owns the timer now
   };
   if ("EventSource" in window) {
     try {
@@ -57,6 +72,7 @@ export function watchOperation(operationId, { onProgress = () => {}, onEnd = () 
         // Stream missing (404), dropped or refused: polling is the source of truth from here on.
         if (!finished) fallback();
       };
+      timer = setTimeout(watchdog, 5000);
     } catch {
       fallback();
     }
