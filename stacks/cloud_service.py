@@ -6,7 +6,6 @@ this program only refers to it by name.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import pulumi_kubernetes as k8s
 HELM_RELEASE_MAX = 53  # Helm refuses longer release names
 ENTRYPOINTS_ANNOTATION = "traefik.ingress.kubernetes.io/router.entrypoints"
 ISSUER_ANNOTATION = "cert-manager.io/cluster-issuer"
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
@@ -43,14 +43,23 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _copy_tree(value: Any) -> Any:
+    """A copy of nested dicts and lists; leaves (including Pulumi Outputs, which cannot be deep-copied) shared."""
+    if isinstance(value, Mapping):
+        return {key: _copy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(item) for item in value]
+    return value
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: `override` merged into `base`; nested dicts merge, anything else replaces."""
-    merged = copy.deepcopy(dict(base))
+    merged = _copy_tree(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+            merged[key] = _copy_tree(value)
     return merged
 
 
@@ -148,6 +157,9 @@ def cloud_service(spec: ServiceSpec) -> None:
                 "annotations": {
                     ENTRYPOINTS_ANNOTATION: ingress.entrypoints,
                     ISSUER_ANNOTATION: ingress.cert_issuer,
+                    # Readiness is the release's (its workloads); the ingress controller fills the Ingress
+                    # status on its own schedule (never, on a cluster without one), so don't wait for it.
+                    SKIP_AWAIT_ANNOTATION: "true",
                 },
             },
             spec={

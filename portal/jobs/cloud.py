@@ -316,8 +316,9 @@ class JobContext:
 class _StackLock:
     """A Redis lock on one stack for the length of an engine operation."""
 
-    def __init__(self, connection: redis.Redis, stack: str, *, wait: float | None) -> None:
-        self.lock = connection.lock(STACK_LOCK.format(name=stack), timeout=JOB_TIMEOUT, blocking_timeout=wait)
+    def __init__(self, connection: redis.Redis, stack: str, *, wait: float | None, ttl: float = 900) -> None:
+        # The TTL bounds how long a killed worker's lock lingers; the engine still refuses a live Pulumi lock.
+        self.lock = connection.lock(STACK_LOCK.format(name=stack), timeout=ttl, blocking_timeout=wait)
         self.wait = wait
         self.stack = stack
 
@@ -347,7 +348,7 @@ def ensure_workspace(ctx: JobContext, kubeconfig: str) -> None:
     name = workspace_stack.stack_name(snap.workspace_slug)
     for attempt in range(3):
         try:
-            with _StackLock(ctx.connection, name, wait=WORKSPACE_LOCK_WAIT):
+            with _StackLock(ctx.connection, name, wait=WORKSPACE_LOCK_WAIT, ttl=300):
                 engine.up(
                     name,
                     functools.partial(workspace_stack.workspace, spec),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -29,8 +30,9 @@ from portal.models import (
     ServiceState,
     User,
     Workspace,
+    utcnow,
 )
-from portal.models.operations import ACTIVE_OPERATION_STATES, TargetType
+from portal.models.operations import ACTIVE_OPERATION_STATES, OperationState, TargetType
 from portal.services import unscoped
 from portal.services.workspaces import slugify
 from portal.settings import Settings
@@ -329,10 +331,18 @@ def check_quota_headroom(session: Session, workspace: Workspace, template: AppTe
 # ---------------------------------------------------------------- one operation per service
 
 
-def _lock_service(session: Session, service: CloudService) -> None:
+def _lock_service(session: Session, settings: Settings, service: CloudService) -> None:
     """Lock the service row for this transaction and refuse when an operation is queued or running."""
     session.execute(select(CloudService.id).where(CloudService.id == service.id).with_for_update())
     running = active_operation(session, service)
+    if running is not None and _abandoned(settings, running):
+        running.state = OperationState.failed
+        running.error = "the worker running this operation stopped; start it again"
+        running.finished_at = utcnow()
+        if ServiceState(service.state) in _IN_FLIGHT:
+            service.state = ServiceState.error
+            service.error_message = running.error
+        running = None
     if running is not None:
         error = ConflictError(
             f"Operation {running.kind} ({running.id}) is {running.state} on this service; wait until it finishes.",
@@ -340,6 +350,26 @@ def _lock_service(session: Session, service: CloudService) -> None:
         )
         error.extra = {"operation_id": str(running.id)}  # type: ignore[attr-defined]
         raise error
+
+
+_IN_FLIGHT = {ServiceState.deploying, ServiceState.upgrading, ServiceState.deleting}
+ABANDONED_AFTER = timedelta(minutes=2)
+
+
+def _abandoned(settings: Settings, operation: Operation) -> bool:
+    """An active operation whose RQ job failed, was stopped or is gone (a killed worker), after a grace period."""
+    if operation.rq_job_id is None or utcnow() - operation.updated_at < ABANDONED_AFTER:
+        return False
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from portal.queue import connect
+
+    try:
+        status = Job.fetch(operation.rq_job_id, connection=connect(settings)).get_status(refresh=False)
+    except NoSuchJobError:
+        return True
+    return str(getattr(status, "value", status)) in ("failed", "stopped", "canceled")
 
 
 def _start(
@@ -501,9 +531,9 @@ def preview_service(
     chart_version: str | None = None,
 ) -> Operation:
     """Queue a preview of an upgrade: values diff and the Pulumi plan, nothing changed."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "preview")
     full, version = _new_inputs(service, values, chart_version)
-    _lock_service(session, service)
+    _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "preview")
     return _start(
         session,
         settings,
@@ -525,9 +555,9 @@ def upgrade_service(
     chart_version: str | None = None,
 ) -> Operation:
     """Queue an upgrade to new values and/or chart version (a new revision). Also retries a failed deploy."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "upgrade")
     full, version = _new_inputs(service, values, chart_version)
-    _lock_service(session, service)
+    _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "upgrade")
     diff = values_diff(service.template, service.user_values, full)
     service.state = ServiceState.upgrading
     service.error_message = None
@@ -553,13 +583,13 @@ def rollback_service(
     session: Session, settings: Settings, actor: User, service: CloudService, *, revision: int
 ) -> Operation:
     """Queue a rollback: `pulumi up` with the inputs of `revision`, recorded as a new revision."""
-    _require_state(service, {ServiceState.running, ServiceState.error}, "roll back")
     source = session.scalars(
         select(ServiceRevision).where(ServiceRevision.service_id == service.id, ServiceRevision.revision == revision)
     ).first()
     if source is None:
         raise ValidationError("No such revision.", fields={"revision": "not found"})
-    _lock_service(session, service)
+    _lock_service(session, settings, service)
+    _require_state(service, {ServiceState.running, ServiceState.error}, "roll back")
     service.state = ServiceState.upgrading
     service.error_message = None
     ServiceActivityLog.record(
@@ -579,7 +609,7 @@ def delete_service(
     policy.workspace_for(session, actor, service.workspace_id, WorkspaceAction.DELETE)
     if ServiceState(service.state) == ServiceState.deleted:
         raise ConflictError("This service is already deleted.", code="invalid_state")
-    _lock_service(session, service)
+    _lock_service(session, settings, service)
     service.state = ServiceState.deleting
     ServiceActivityLog.record(
         service,

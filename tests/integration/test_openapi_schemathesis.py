@@ -56,6 +56,9 @@ def known_ids(session) -> tuple[dict[str, Any], str]:
     support_session = factories.make_session(session, ticket=ticket, node=factories.make_node(session, cluster))
     operation = factories.make_operation(session, factories.make_service(session, workspace))
     template = factories.make_template(session)
+    service = factories.make_service(session, workspace, template, state="running", helm_revision=1)
+    factories.make_revision(session, service)
+    ids["service_id"] = service.id
     ids.update(
         cluster_id=cluster.id,
         ticket_id=ticket.id,

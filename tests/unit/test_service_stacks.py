@@ -151,6 +151,12 @@ def test_service_stack_declares_release_with_merged_values_and_secret_password()
     }
 
 
+def test_secret_values_under_a_key_the_defaults_do_not_have() -> None:
+    spec = _spec(default_values={}, values={}, secret_values={"auth.password": "pw-123456"})
+    release = _run(lambda: svc.cloud_service(spec)).by_type()[RELEASE][0].inputs
+    assert _reveal(release["values"]) == {"auth": {"password": "pw-123456"}}
+
+
 def test_plain_values_never_contain_secrets() -> None:
     spec = _spec()
     assert "password" not in str(spec.plain_values())
@@ -167,6 +173,7 @@ def test_service_stack_ingress_names_host_class_annotations_and_tls() -> None:
     assert meta["annotations"] == {
         svc.ENTRYPOINTS_ANNOTATION: "websecure",
         svc.ISSUER_ANNOTATION: "letsencrypt-staging",
+        svc.SKIP_AWAIT_ANNOTATION: "true",
     }
     spec = ingress["spec"]
     assert spec["ingressClassName"] == "traefik"

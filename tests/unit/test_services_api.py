@@ -293,3 +293,23 @@ def test_parse_quantity():
     assert cloud_services.parse_quantity("16Gi") == 16 * 2**30
     with pytest.raises(ValueError, match="not a quantity"):
         cloud_services.parse_quantity("lots")
+
+
+def test_an_operation_whose_job_is_gone_no_longer_blocks_the_service(client, db, world):
+    from datetime import timedelta
+
+    from portal.models import utcnow
+
+    service = _running(db, world)
+    stuck = factories.make_operation(db, service, kind="service.upgrade", state=OperationState.running)
+    stuck.rq_job_id = str(stuck.id)  # never enqueued: as after a worker was killed and its job expired
+    service.state = ServiceState.upgrading
+    db.commit()
+    url = f"/api/v1/services/{service.id}"
+    assert client.delete(url, headers=world["headers"]["owner"]).status_code == 409  # within the grace period
+    db.execute(Operation.__table__.update().values(updated_at=utcnow() - timedelta(minutes=5)))
+    db.commit()
+    response = client.delete(url, headers=world["headers"]["owner"])
+    assert response.status_code == 202, response.json
+    db.expire_all()
+    assert db.get(Operation, stuck.id).state == OperationState.failed
