@@ -190,3 +190,22 @@ def _script_info(app):
     from flask.cli import ScriptInfo
 
     return ScriptInfo(create_app=lambda: app)
+
+
+def test_template_on_a_public_repository_needs_no_local_chart(db, catalog_copy: Path) -> None:
+    from portal.charts import resolve_chart
+
+    def public(d) -> None:
+        d["chart"].update(repository="https://charts.bitnami.com/bitnami", name="redis", version="20.1.0")
+
+    _edit(catalog_copy / "redis.yaml", public)
+    shutil.rmtree(catalog_copy / "charts" / "redis")
+    load_catalog(db, catalog_copy)
+    row = db.scalars(select(AppTemplate).where(AppTemplate.slug == "redis")).one()
+    ref = resolve_chart(row.helm_repo_url, row.helm_chart_name, row.helm_chart_version, catalog_copy / "charts")
+    assert (ref.repo, ref.chart, ref.version, ref.is_local) == (
+        "https://charts.bitnami.com/bitnami",
+        "redis",
+        "20.1.0",
+        False,
+    )
