@@ -13,7 +13,7 @@ const panel = progressPanel(panelElement);
 // ---------------------------------------------------------------- tabs (ARIA tabs pattern)
 
 const tabs = [...document.querySelectorAll('[role="tab"]')];
-function selectTab(tab, focus = false) {
+function selectTab(tab, focus = false, remember = true) {
   for (const other of tabs) {
     const selected = other === tab;
     other.setAttribute("aria-selected", String(selected));
@@ -21,7 +21,7 @@ function selectTab(tab, focus = false) {
     document.getElementById(other.getAttribute("aria-controls")).hidden = !selected;
   }
   if (focus) tab.focus();
-  history.replaceState(null, "", `#${tab.getAttribute("aria-controls")}`);
+  if (remember) history.replaceState(null, "", `#${tab.getAttribute("aria-controls")}`); // survives the reload after an operation
 }
 for (const [index, tab] of tabs.entries()) {
   tab.addEventListener("click", (event) => {
@@ -39,7 +39,7 @@ for (const [index, tab] of tabs.entries()) {
     }
   });
 }
-selectTab(tabs.find((tab) => `#${tab.getAttribute("aria-controls")}` === location.hash) || tabs[0]);
+selectTab(tabs.find((tab) => `#${tab.getAttribute("aria-controls")}` === location.hash) || tabs[0], false, false);
 
 // ---------------------------------------------------------------- one operation at a time
 
