@@ -254,6 +254,11 @@ if (upgradeForm) {
     document.getElementById("apply-button").focus();
   }
 
+  // Apply sends exactly what was previewed: any edit after the preview needs a new one.
+  upgradeForm.addEventListener("input", () => {
+    previewSection.hidden = true;
+    pending = null;
+  });
   document.getElementById("discard-preview").addEventListener("click", () => {
     previewSection.hidden = true;
     pending = null;
