@@ -241,6 +241,18 @@ def test_apps_without_web_ui_get_no_subdomain_field(client, db, world) -> None:
     assert 'id="svc-private"' in html and 'id="svc-reference"' in html
 
 
+def test_every_input_of_the_service_page_has_a_label(client, db, world) -> None:
+    service = _service(db, world, state=ServiceState.running, helm_revision=2)
+    factories.make_revision(db, service, revision=1, chart_version="15.4.0")
+    db.commit()
+    login(client, world["owner"])
+    html = client.get(f"/services/{service.id}").get_data(as_text=True)
+    ids = set(re.findall(r'<(?:input|select)[^>]*\bid="([^"]+)"', html))
+    assert {"rollback-revision", "delete-confirm", "delete-keep-volumes", "chart-version"} <= ids
+    for ident in ids:
+        assert f'for="{ident}"' in html, ident
+
+
 def test_configure_unknown_or_inactive_template_is_404(client, db, world) -> None:
     world["other"].is_active = False
     db.commit()
