@@ -92,7 +92,7 @@ def env(stack_settings: Settings, app):  # `app` (the shared fixture) empties th
         "apps": apps,
         "net": net,
     }
-    for ref in ("cache", "flows"):  # a failed test never leaves a stack behind
+    for ref in ("cache", "flows", "broken"):  # a failed test never leaves a stack behind
         try:
             engine.destroy(f"svc-{slug}-{ref}", stack_settings, remove=True)
         except Exception:  # noqa: S110 (already gone is fine)
@@ -161,7 +161,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert env["core"].read_namespaced_limit_range("workspace-limits", ns).spec.limits[0].type == "Container"
     release = f"paas-ws-{slug}-cache"
     sts = env["apps"].read_namespaced_stateful_set(release, ns)
-    assert "256mb" in sts.spec.template.spec.containers[0].args
+    assert "256mb" in sts.spec.template.spec.containers[0].command
     selector = f"app.kubernetes.io/instance={release}"
     assert len(env["core"].list_namespaced_persistent_volume_claim(ns, label_selector=selector).items) == 1
     secrets = env["core"].list_namespaced_secret(ns, label_selector=selector).items
@@ -178,7 +178,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert operation(upgrade.json["operation"]["id"])["state"] == "succeeded"
     cache = call("GET", f"/services/{redis_id}").json
     assert cache["helm_revision"] == 2 and cache["values"]["maxmemory"] == "512mb"
-    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # preview: values diff and plan, nothing changes
     preview = call("POST", f"/services/{redis_id}/preview", json={"values": {"maxmemory": "1gb"}})
@@ -189,7 +189,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     assert result["result"]["values_diff"] == [{"key": "maxmemory", "old": "512mb", "new": "1gb"}]
     assert result["result"]["plan"]["update"] >= 1
     assert any(step["op"] == "update" for step in result["result"]["plan"]["steps"])
-    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "512mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # rollback to revision 1 → revision 3 with the old inputs, the StatefulSet changes back
     rollback = call("POST", f"/services/{redis_id}/rollback", json={"revision": 1})
@@ -202,7 +202,7 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
         (2, "upgrade", None, False),
         (1, "install", None, False),
     ]
-    assert "256mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].args
+    assert "256mb" in env["apps"].read_namespaced_stateful_set(release, ns).spec.template.spec.containers[0].command
 
     # the progress stream of a finished operation: its last progress, then the end
     stream = call("GET", f"/operations/{rollback.json['operation']['id']}/events")
@@ -239,3 +239,57 @@ def test_deploy_upgrade_preview_rollback_delete(env, stack_settings: Settings) -
     text = "\n".join(seen)
     assert REDIS_PASSWORD not in text and N8N_KEY not in text
     assert "kaiden:password" not in json.dumps(seen)
+
+
+def test_failed_deploy_leaves_a_readable_error_then_retry_and_delete_work(env, stack_settings: Settings) -> None:
+    from portal.charts import local_chart_version
+
+    client, headers = env["client"], env["headers"]
+    with database_of(env["app"]).session() as db:
+        template = factories.make_template(
+            db,
+            slug=f"hello-{os.getpid()}",
+            helm_repo_url="local",
+            helm_chart_name="hello",
+            helm_chart_version=local_chart_version("hello"),
+            helm_default_values={},
+            helm_value_specs={"optional": [{"key": "replicaCount", "label": "Replicas", "type": "number"}]},
+            default_port=80,
+            ingress_enabled=False,
+            min_vcpu=0,
+            min_ram_gb=0,
+            min_storage_gb=0,
+        )
+        db.commit()
+        template_id = str(template.id)
+    ws = f"/api/v1/workspaces/{env['workspace_id']}/services"
+    body = {"template_id": template_id, "name": "Broken", "values": {"replicaCount": -1}}
+    created = client.post(ws, json=body, headers=headers["member"])
+    assert created.status_code == 202, created.json
+    service_url = f"/api/v1/services/{created.json['service']['id']}"
+    run_workers(stack_settings)
+
+    op = client.get(f"/api/v1/operations/{created.json['operation']['id']}", headers=headers["member"]).json
+    assert op["state"] == "failed"
+    service = client.get(service_url, headers=headers["member"]).json
+    assert service["state"] == "error"
+    assert "replicas" in service["error_message"].lower() and "Traceback" not in service["error_message"]
+    activity = client.get(f"{service_url}/activity", headers=headers["member"]).json["items"]
+    assert activity[0]["event_type"] == "deploy_failed"
+
+    # retry with a good value: the first revision is recorded as the install
+    retry = client.patch(service_url, json={"values": {"replicaCount": 1}}, headers=headers["member"])
+    assert retry.status_code == 202, retry.json
+    run_workers(stack_settings)
+    service = client.get(service_url, headers=headers["member"]).json
+    assert service["state"] == "running", service["error_message"]
+    revisions = client.get(f"{service_url}/revisions", headers=headers["member"]).json["items"]
+    assert [(r["revision"], r["kind"]) for r in revisions] == [(1, "install")]
+    ns, release = env["namespace"], f"paas-ws-{env['slug']}-broken"
+    assert env["apps"].read_namespaced_deployment(f"{release}-hello", ns).spec.replicas == 1
+
+    deleted = client.delete(f"{service_url}?keep_volumes=false", headers=headers["owner"])
+    assert deleted.status_code == 202
+    run_workers(stack_settings)
+    assert client.get(service_url, headers=headers["member"]).json["state"] == "deleted"
+    assert not env["apps"].list_namespaced_deployment(ns, label_selector=f"app.kubernetes.io/instance={release}").items
