@@ -36,6 +36,7 @@ TEMPLATES = [parse_template_file(p) for p in sorted(default_catalog_dir().glob("
 LOCAL = [t for t in TEMPLATES if t.chart.repository == LOCAL_REPOSITORY]
 INSTANCE = "app.kubernetes.io/instance"
 NAME = "app.kubernetes.io/name"
+MAX_RELEASE_NAME = 52
 
 
 # --- values as a service starts from them ----------------------------------------------------------
@@ -90,7 +91,9 @@ def plan(suffix: str) -> list[Install]:
             if spec.type == "password"  # optional ones too: every password must end up in the Secret only
         }
         namespace = f"cat-{suffix}-{template.slug}"
-        installs.append(Install(template, namespace, f"{template.slug}-{suffix}", passwords))
+        # release names as long as the charts allow (52: a StatefulSet's revision label adds "-<hash>" within 63)
+        release = f"{template.slug}-{suffix}-".ljust(MAX_RELEASE_NAME, "r")
+        installs.append(Install(template, namespace, release, passwords))
     return installs
 
 
@@ -329,7 +332,12 @@ def test_container_app_with_user_values_and_no_volume(installed: Installed, api)
     the secret variable under its chosen name; the Service still forwards the template's port."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     base = next(i for i in installed.installs if i.template.slug == "container")
-    item = Install(base.template, f"{base.namespace}-custom", f"{base.release}-custom", {"secretEnv.value": "s3cr3t-x"})
+    item = Install(
+        base.template,
+        f"{base.namespace}-custom",
+        f"{base.release[: MAX_RELEASE_NAME - 7]}-custom",
+        {"secretEnv.value": "s3cr3t-x"},
+    )
     user_values = nest(
         {
             "image.repository": "ghcr.io/example/api",

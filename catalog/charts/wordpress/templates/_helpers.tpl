@@ -20,8 +20,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-data" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- /* 52 characters at most: the StatefulSet's revision label appends "-<hash>" within 63 */ -}}
 {{- define "wordpress.dbName" -}}
-{{- printf "%s-mariadb" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-mariadb" (.Release.Name | trunc 44 | trimSuffix "-") -}}
 {{- end -}}
 
 {{- define "wordpress.dbLabels" -}}
