@@ -128,3 +128,21 @@ def test_migrated_schema_works_with_the_models(empty_database: str, tmp_path: Pa
         database.dispose()
     migrations.downgrade(settings)
     assert migrations.current(settings) is None
+
+
+def test_0002_allows_the_deleted_service_state(empty_database: str, tmp_path: Path) -> None:
+    settings = _settings(empty_database, tmp_path)
+    migrations.upgrade(settings)
+    engine = create_engine(empty_database)
+    try:
+        checks = {c["name"]: c["sqltext"] for c in inspect(engine).get_check_constraints("cloud_services")}
+        assert "'deleted'" in checks["ck_cloud_services_service_state"]
+    finally:
+        engine.dispose()
+    migrations.downgrade(settings, "0001")
+    engine = create_engine(empty_database)
+    try:
+        checks = {c["name"]: c["sqltext"] for c in inspect(engine).get_check_constraints("cloud_services")}
+        assert "'deleted'" not in checks["ck_cloud_services_service_state"]
+    finally:
+        engine.dispose()

@@ -26,13 +26,13 @@ def _check(states: tuple[str, ...]) -> str:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("cloud_services", recreate="always") as batch:
+    with op.batch_alter_table("cloud_services") as batch:
         batch.drop_constraint(op.f(CONSTRAINT), type_="check")
         batch.create_check_constraint(op.f(CONSTRAINT), _check(NEW))
 
 
 def downgrade() -> None:
     op.execute("UPDATE cloud_services SET state = 'error' WHERE state = 'deleted'")
-    with op.batch_alter_table("cloud_services", recreate="always") as batch:
+    with op.batch_alter_table("cloud_services") as batch:
         batch.drop_constraint(op.f(CONSTRAINT), type_="check")
         batch.create_check_constraint(op.f(CONSTRAINT), _check(OLD))
