@@ -42,3 +42,18 @@ class OperationOut(ResponseModel):
 def get_operation(session: Session, actor: User, operation_id: uuid.UUID) -> Operation:
     """Staff see every operation; a customer user sees those on objects they can read, or that they requested."""
     return service.get_operation(session, actor, operation_id)
+
+
+class OperationLogOut(ResponseModel):
+    """The operation's own log (e.g. the Ansible task events of an onboarding), redacted when written."""
+
+    operation_id: uuid.UUID
+    state: OperationState
+    log: str
+
+
+@router.get("/operations/<uuid:operation_id>/log", response=OperationLogOut, summary="Get an operation's log")
+def get_operation_log(session: Session, actor: User, operation_id: uuid.UUID) -> OperationLogOut:
+    """Same visibility as the operation; the log is kept out of `GET /operations/{id}` to keep polls small."""
+    operation = service.get_operation(session, actor, operation_id)
+    return OperationLogOut(operation_id=operation.id, state=operation.state, log=operation.log or "")

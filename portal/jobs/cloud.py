@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import charts
@@ -27,6 +27,7 @@ from portal.crypto import decrypt_text, encrypt_text, make_fernet
 from portal.db import Database
 from portal.errors import ConflictError, KaidenError, NotFound
 from portal.infra import engine
+from portal.jobs import dispatch
 from portal.models import (
     ActivityEvent,
     CloudService,
@@ -51,7 +52,6 @@ CHANNEL = "kaiden:operation:{id}"
 STACK_LOCK = "kaiden:lock:stack:{name}"
 JOB_TIMEOUT = 3600
 WORKSPACE_LOCK_WAIT = 900
-_PENDING_KEY = "kaiden.pending_jobs"
 _VERBS = {
     "create": "creating",
     "update": "updating",
@@ -87,21 +87,15 @@ def enqueue_after_commit(session: Session, settings: Settings, operation: Operat
     """
     token = encrypt_text(make_fernet(settings.encryption_key), json.dumps(args)) if args else None
     operation.rq_job_id = str(operation.id)
-    session.info.setdefault(_PENDING_KEY, []).append((settings, str(operation.id), token))
-
-
-@event.listens_for(Session, "after_commit")
-def _enqueue_handler(session: Session) -> None:
-    pending = session.info.pop(_PENDING_KEY, [])
-    for settings, operation_id, token in pending:
-        default_queue(settings).enqueue(
-            run_operation, operation_id, token, job_id=operation_id, job_timeout=JOB_TIMEOUT
-        )
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_handler(session: Session) -> None:
-    session.info.pop(_PENDING_KEY, None)
+    dispatch.enqueue_after_commit(
+        session,
+        default_queue(settings),
+        run_operation,
+        str(operation.id),
+        token,
+        job_id=str(operation.id),
+        job_timeout=JOB_TIMEOUT,
+    )
 
 
 # ---------------------------------------------------------------- progress

@@ -276,6 +276,7 @@ EXPECTATIONS: dict[tuple[str, str], Expect] = {
     ("GET", f"{V1}/sessions/{{session_id}}"): Expect(tenant_read()),
     # operations: readable where the target is (here a service: workspace members only)
     ("GET", f"{V1}/operations/{{operation_id}}"): Expect(workspace("read", 200)),
+    ("GET", f"{V1}/operations/{{operation_id}}/log"): Expect(workspace("read", 200)),
     # Cloud Services (docs/cloud-services.md): viewers read, members deploy/upgrade/roll back, admins delete
     ("GET", f"{V1}/workspaces/{{workspace_id}}/services"): Expect(workspace("read", 200)),
     ("GET", f"{V1}/workspaces/{{workspace_id}}/services/check"): Expect(workspace("read", 200)),

@@ -360,3 +360,21 @@ def test_operations_are_scoped_through_their_target(client, db, as_user):
     engineer = as_user(factories.make_engineer(db))
     for op in (on_service, platform, foreign):
         assert client.get(f"/api/v1/operations/{op.id}", headers=engineer).status_code == 200
+
+
+def test_an_operations_log_is_served_on_its_own_route_with_the_operations_visibility(client, db, as_user):
+    workspace = factories.make_workspace(db)
+    member = factories.make_user(db, customer=workspace.customer)
+    outsider = factories.make_user(db, customer=workspace.customer)
+    factories.make_member(db, workspace, member, role="viewer")
+    cluster = factories.make_cluster(db, workspace.customer)
+    onboarding = factories.make_operation(db, cluster, kind="cluster.onboard")
+    onboarding.log = "TASK [Apply the install bundle] ok\n"
+    db.commit()
+
+    shown = client.get(f"/api/v1/operations/{onboarding.id}/log", headers=as_user(member))
+    assert shown.status_code == 200
+    assert shown.json["log"] == "TASK [Apply the install bundle] ok\n"
+    assert shown.json["operation_id"] == str(onboarding.id)
+    foreign = factories.make_operation(db)
+    assert_error(client.get(f"/api/v1/operations/{foreign.id}/log", headers=as_user(outsider)), 404)
