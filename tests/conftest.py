@@ -7,7 +7,10 @@ an embedded Redis, so a plain `pytest tests/unit` works anywhere.
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,29 @@ from portal.db import Base
 from portal.settings import Settings, load_settings
 
 pytest_plugins = ["tests.fixtures.clusters", "tests.d1_support"]
+
+
+def _serialize_ast_parse() -> None:
+    """CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state, so two threads in
+    `ast.parse` at once (pytest rewriting a module, werkzeug compiling a route, a background thread's
+    traceback caret lookup) can fail with "SystemError: AST constructor recursion depth mismatch"
+    (cpython gh-106905). The suite runs gateways and engines in threads beside the test thread; one lock
+    around `ast.parse` in this process removes the race. Production code is unaffected either way."""
+    if getattr(ast.parse, "_kaiden_serialized", False):
+        return
+    lock = threading.RLock()
+    original = ast.parse
+
+    @functools.wraps(original)
+    def parse(*args, **kwargs):
+        with lock:
+            return original(*args, **kwargs)
+
+    parse._kaiden_serialized = True  # type: ignore[attr-defined]
+    ast.parse = parse
+
+
+_serialize_ast_parse()
 
 TEST_DATABASE_URL = os.environ.get("KAIDEN_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("KAIDEN_TEST_REDIS_URL", "")
