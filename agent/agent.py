@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import os
 import platform
-import signal
 import socket
 import struct
 import time
@@ -22,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from agent import protocol
-from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, require, setup_logging
+from agent.runtime import SOFTWARE_VERSION, Backoff, number, require, run_main
 
 log = logging.getLogger("kaiden.agent")
 
@@ -247,23 +246,7 @@ class Agent:
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    setup_logging(env)
-    try:
-        config = AgentConfig.from_env(env)
-    except ConfigError as exc:
-        log.error("configuration: %s", exc)
-        return 2
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Agent(config).run(stop)
-
-    asyncio.run(runner())
-    return 0
+    return run_main(env, AgentConfig.from_env, lambda config, stop: Agent(config).run(stop), log)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +18,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from agent import protocol
-from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, require, setup_logging
+from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, require, run_main
 
 log = logging.getLogger("kaiden.controller")
 
@@ -421,23 +419,10 @@ class Controller:
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    setup_logging(env)
-    try:
-        config = ControllerConfig.from_env(env)
-    except ConfigError as exc:
-        log.error("configuration: %s", exc)
-        return 2
+    def start(config: ControllerConfig, stop: asyncio.Event) -> Awaitable[None]:
+        return Controller(config, reader_factory=lambda: KubernetesReader(config.kubeconfig)).run(stop)
 
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Controller(config, reader_factory=lambda: KubernetesReader(config.kubeconfig)).run(stop)
-
-    asyncio.run(runner())
-    return 0
+    return run_main(env, ControllerConfig.from_env, start, log)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
-from collections.abc import Mapping
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+Config = TypeVar("Config")
 
 SOFTWARE_VERSION = "0.1.0"
 
@@ -55,3 +60,30 @@ class Backoff:
 def setup_logging(env: Mapping[str, str] | None = None) -> None:
     level = ((env or os.environ).get("LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_main(
+    env: Mapping[str, str] | None,
+    from_env: Callable[[Mapping[str, str]], Config],
+    run: Callable[[Config, asyncio.Event], Awaitable[None]],
+    log: logging.Logger,
+) -> int:
+    """A process's `main`: logging, config from the environment (exit 2 naming the problem), then
+    `run(config, stop)` until SIGINT/SIGTERM sets `stop`."""
+    env = os.environ if env is None else env
+    setup_logging(env)
+    try:
+        config = from_env(env)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(config, stop)
+
+    asyncio.run(runner())
+    return 0
