@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import Field
 from sqlalchemy import func
@@ -29,9 +30,25 @@ class WorkspaceCreate(RequestModel):
     )
 
 
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", max_length=32)]
+
+
+class QuotaUpdate(RequestModel):
+    """The namespace's ResourceQuota; applied by the next operation on one of the workspace's services."""
+
+    requests_cpu: Quantity | None = Field(None, description="`requests.cpu`, e.g. `8` or `500m`.")
+    requests_memory: Quantity | None = Field(None, description="`requests.memory`, e.g. `16Gi`.")
+    limits_cpu: Quantity | None = None
+    limits_memory: Quantity | None = None
+    requests_storage: Quantity | None = Field(None, description="`requests.storage`, e.g. `100Gi`.")
+    pvcs: int | None = Field(None, ge=0, le=10_000, description="`persistentvolumeclaims`.")
+    pods: int | None = Field(None, ge=1, le=10_000)
+
+
 class WorkspaceUpdate(RequestModel):
     name: str = Field(None, min_length=1, max_length=100)
     description: str | None = Field(None, max_length=2000)
+    quota: QuotaUpdate | None = Field(None, description="Platform admins only.")
     version: int | None = Field(None, ge=1, description="The version you last read (optimistic locking).")
 
 
@@ -123,6 +140,8 @@ def update_workspace(session: Session, actor: User, workspace_id: uuid.UUID, bod
     """Workspace admins and owners, and platform admins. The slug never changes."""
     workspace = policy.workspace_for(session, actor, workspace_id, WorkspaceAction.MANAGE)
     changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    if "quota" in changes:
+        changes["quota"] = {k: v for k, v in (changes["quota"] or {}).items() if v is not None}
     return service.update_workspace(session, actor, workspace, changes, version=expected_version(body.version))
 
 

@@ -81,12 +81,17 @@ def create_workspace(
 def update_workspace(
     session: Session, actor: User, workspace: Workspace, changes: dict[str, Any], *, version: int | None = None
 ) -> Workspace:
-    """Rename or describe a workspace (its slug and namespace never change)."""
+    """Rename or describe a workspace (its slug and namespace never change); platform admins also set its
+    quota (`{"requests_cpu": "8", "pods": 100, ...}`), applied by the next operation on one of its services."""
     _require(session, actor, workspace, WorkspaceAction.MANAGE)
+    if changes.get("quota") and not policy.is_admin(actor):
+        raise PermissionDenied("Only platform administrators may change a workspace's quota.")
     check_version(workspace, version)
     for key in ("name", "description"):
         if key in changes:
             setattr(workspace, key, changes[key])
+    for key, value in (changes.get("quota") or {}).items():
+        setattr(workspace, f"quota_{key}", value)
     session.flush()
     return workspace
 

@@ -240,3 +240,28 @@ def test_members_must_belong_to_the_workspace_customer(client, db, as_user, team
         assert response.status_code == 422
         assert response.json["error"]["fields"] == {"user_id": "must be an active user of the workspace's customer"}
     assert client.get(f"/api/v1/users/{stranger.id}", headers=as_user(people["owner"])).status_code == 404
+
+
+def test_only_platform_admins_set_a_workspace_quota(client, db, as_user) -> None:
+    workspace = factories.make_workspace(db)
+    owner = factories.make_user(db, customer=workspace.customer)
+    factories.make_member(db, workspace, owner, role="owner")
+    url = f"/api/v1/workspaces/{workspace.id}"
+    raised = {"quota": {"requests_cpu": "12", "requests_memory": "24Gi", "pods": 150}}
+
+    refused = client.patch(url, json=raised, headers=as_user(owner))
+    assert refused.status_code == 403
+    assert client.get(url, headers=as_user(owner)).json["quota"]["requests.cpu"] == "8"  # unchanged
+
+    admin = as_user(factories.make_admin(db))
+    bad = client.patch(url, json={"quota": {"requests_cpu": "lots", "pods": 0}}, headers=admin)
+    assert bad.status_code == 422
+    assert set(bad.json["error"]["fields"]) == {"quota.requests_cpu", "quota.pods"}
+
+    updated = client.patch(url, json=raised, headers=admin)
+    assert updated.status_code == 200
+    quota = updated.json["quota"]
+    assert (quota["requests.cpu"], quota["requests.memory"], quota["pods"]) == ("12", "24Gi", "150")
+    assert quota["limits.cpu"] == "16"  # fields not sent keep their value
+    # the owner may still rename without touching the quota
+    assert client.patch(url, json={"name": "Renamed"}, headers=as_user(owner)).status_code == 200
