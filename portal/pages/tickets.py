@@ -49,7 +49,7 @@ STATUS_ACTIONS = {
 class NewTicketForm(FlaskForm):
     title = StringField("Title", validators=[DataRequired(message="is required"), Length(max=255)])
     description = TextAreaField("Description", validators=[Optional(), Length(max=20_000)])
-    priority = SelectField("Priority", choices=[(p, p) for p in PRIORITIES], default=TicketPriority.normal.value)
+    priority = StringField("Priority", default=TicketPriority.normal.value)
     cluster_id = SelectField("Cluster", choices=[], validate_choice=False)
     node_id = SelectField("Node", choices=[], validate_choice=False)
 
@@ -209,6 +209,8 @@ def new_ticket() -> Response | tuple[str, int]:
     if form.validate_on_submit():
         cluster_id = _uuid(form.cluster_id.data)
         node_id = _uuid(form.node_id.data)
+        if form.priority.data not in PRIORITIES:
+            errors["priority"] = "must be one of " + ", ".join(PRIORITIES)
         if cluster_id is None:
             errors["cluster_id"] = "choose a cluster"
         if form.node_id.data and node_id is None:
@@ -233,7 +235,7 @@ def new_ticket() -> Response | tuple[str, int]:
         errors.update({name: "; ".join(messages) for name, messages in form.errors.items()})
         message = "Check the form." if "csrf_token" not in errors else "The form expired; reload the page."
     status = 422 if request.method == "POST" else 200
-    return render_template("tickets/new.html", form=form, errors=errors, message=message), status
+    return render_template("tickets/new.html", form=form, priorities=PRIORITIES, errors=errors, message=message), status
 
 
 # ---------------------------------------------------------------- detail
