@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from wtforms import SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
@@ -167,7 +167,10 @@ def ticket_list() -> tuple[str, int]:
             assigned_to=assigned_to,
             search=text or None,
         )
-        rows = service.list_tickets(session, user, filters)
+        stmt = service.tickets_query(user, filters).options(
+            selectinload(Ticket.customer), selectinload(Ticket.cluster), selectinload(Ticket.assigned_to)
+        )
+        rows = list(session.scalars(stmt))
     html = render_template(
         "tickets/list.html",
         tickets=rows,
@@ -188,10 +191,11 @@ def ticket_list() -> tuple[str, int]:
 def _cluster_choices(session: Session, user: User) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     clusters = cluster_service.list_clusters(session, user)
     cluster_choices = [("", "Choose a cluster")] + [(str(c.id), c.name) for c in clusters]
-    node_choices = [("", "No specific node")]
-    for cluster in clusters:
-        for node in cluster_service.list_nodes(session, user, cluster.id):
-            node_choices.append((str(node.id), f"{cluster.name} / {node.name}"))
+    names = {c.id: c.name for c in clusters}
+    # One query over the clusters already scoped to `user` (never a node of a cluster they cannot see).
+    nodes = session.scalars(select(Node).where(Node.cluster_id.in_(list(names))).order_by(Node.name)) if names else []
+    labelled = sorted(((str(n.id), f"{names[n.cluster_id]} / {n.name}") for n in nodes), key=lambda c: c[1])
+    node_choices = [("", "No specific node"), *labelled]
     return cluster_choices, node_choices
 
 

@@ -159,6 +159,22 @@ def test_create_ticket_through_the_form(client, db):
     assert _ticket_count(db) == 1
 
 
+def test_engineer_files_a_ticket_for_a_customers_cluster(client, db):
+    engineer = factories.make_engineer(db)
+    cluster = factories.make_cluster(db, name="cust-cluster")
+    _signed_in(client, db, engineer)
+    html = _html(client.get("/tickets/new"))
+    assert "cust-cluster" in html
+    response = client.post(
+        "/tickets/new",
+        data={"title": "Proactive", "priority": "low", "cluster_id": str(cluster.id), "csrf_token": csrf_from(html)},
+    )
+    assert response.status_code == 302
+    db.expire_all()
+    ticket = db.scalars(select(Ticket)).one()
+    assert ticket.customer_id == cluster.customer_id and ticket.priority == TicketPriority.low
+
+
 def test_bad_form_rerenders_with_field_errors_and_creates_nothing(client, db):
     customer = factories.make_customer(db)
     user = factories.make_user(db, customer=customer)
