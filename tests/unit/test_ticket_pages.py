@@ -286,6 +286,12 @@ def test_engineer_assigns_and_moves_the_ticket(client, db):
     db.expire_all()
     assert db.get(Ticket, ticket.id).status == TicketStatus.open
 
+    # A move the flow does not allow (open → closed) is a 422 with the status error; nothing changes.
+    response = client.post(f"/tickets/{ticket.id}/status", data={"status": "closed", "csrf_token": csrf_from(html)})
+    assert response.status_code == 422 and 'id="status-error"' in _html(response)
+    db.expire_all()
+    assert db.get(Ticket, ticket.id).status == TicketStatus.open
+
     # Assigning a customer user is a field error.
     customer_user = factories.make_user(db)
     db.commit()
