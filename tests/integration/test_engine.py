@@ -7,6 +7,7 @@ Run as a script (`python -m tests.integration.test_engine worker '<json>'`) it i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from portal.errors import ConflictError, NotFound
@@ -58,9 +60,12 @@ def smoke_program(kubeconfig: str, namespace: str, api_token: str | None = None,
     if not pause:
         return functools.partial(smoke, spec)
 
-    def slow_program() -> None:  # holds the stack lock for `pause` seconds after declaring everything
+    def slow_program() -> None:
+        # Keeps the update (and the stack lock) open for `pause` seconds after declaring everything: an
+        # output that resolves late. Not `time.sleep`, which would block the SDK's event loop, so nothing
+        # would register until the pause ended and an idle machine could finish the update before the test acts.
         smoke(spec)
-        time.sleep(pause)
+        pulumi.export("held", pulumi.Output.from_input(asyncio.sleep(pause, result="held")))
 
     return slow_program
 
@@ -412,6 +417,7 @@ def test_sigkill_mid_update_then_next_up_recovers(
     predicate, delay = KILL_POINTS[kill_point]
     delay += 0.7 * round_
     args = {"home": str(home), "stack": stack, "namespace": namespace, "kubeconfig": str(cluster.kubeconfig)}
+    args["pause"] = 60  # the update stays open past every kill point, however fast the cluster answers
     child = Child(args)
     try:
         child.wait_for(predicate)
