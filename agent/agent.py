@@ -12,21 +12,19 @@ import os
 import platform
 import socket
 import struct
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from agent import protocol
-from agent.runtime import SOFTWARE_VERSION, Backoff, number, require, run_main
+from agent.runtime import SOFTWARE_VERSION, Backoff, number, reconnect_forever, require, run_main
 
 log = logging.getLogger("kaiden.agent")
 
 CAPABILITIES = ["ping"]
-STABLE_SECONDS = 10.0  # a connection that lasted this long resets the backoff (a refused one never does)
 
 
 @dataclass(frozen=True)
@@ -148,27 +146,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected to the controller until `stop` is set."""
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await self._session(stop)
-            except InvalidStatus as exc:
-                log.warning("controller refused the connection: HTTP %s", exc.response.status_code)
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
-                log.warning("controller closed the connection (%s %s)", code, exc.rcvd.reason if exc.rcvd else "")
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                log.info("controller connection lost: %s", exc.__class__.__name__)
-            self.connected.clear()
-            if stop.is_set():
-                break
-            if time.monotonic() - started >= STABLE_SECONDS:
-                self.backoff.reset()  # it was a healthy connection: come back quickly
-            delay = self.backoff.next_delay()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+        await reconnect_forever(self._session, stop, self.backoff, "controller", log, self.connected.clear)
 
     async def _session(self, stop: asyncio.Event) -> None:
         headers = {

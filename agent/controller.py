@@ -15,10 +15,10 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from agent import protocol
-from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, require, run_main
+from agent.runtime import SOFTWARE_VERSION, Backoff, ConfigError, number, reconnect_forever, require, run_main
 
 log = logging.getLogger("kaiden.controller")
 
@@ -29,7 +29,6 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4009
 _SESSION_COMMANDS = (protocol.StopTunnel, protocol.TerminalData, protocol.TerminalResize, protocol.TerminalClose)
 _MAX_LABELS = 128
-STABLE_SECONDS = 10.0  # a connection that lasted this long resets the backoff (a refused one never does)
 
 
 @dataclass(frozen=True)
@@ -217,30 +216,12 @@ class Controller:
 
     async def run_cloud(self, stop: asyncio.Event) -> None:
         """Stay connected to the gateway until `stop` is set, reconnecting with backoff and jitter."""
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await self._cloud_session(stop)
-            except InvalidStatus as exc:
-                log.warning("gateway refused the connection: HTTP %s", exc.response.status_code)
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
-                reason = exc.rcvd.reason if exc.rcvd else ""
-                log.warning("gateway closed the connection (%s %s)", code, reason)
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                log.info("gateway unreachable: %s", exc.__class__.__name__)
+
+        def lost() -> None:
             self.connected.clear()
             self._cloud = None
-            if stop.is_set():
-                break
-            if time.monotonic() - started >= STABLE_SECONDS:
-                self.backoff.reset()  # it was a healthy connection: come back quickly
-            delay = self.backoff.next_delay()
-            log.info("reconnecting in %.1f s", delay)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+
+        await reconnect_forever(self._cloud_session, stop, self.backoff, "gateway", log, lost)
 
     async def _cloud_session(self, stop: asyncio.Event) -> None:
         headers = {"Authorization": f"Bearer {self.config.api_key}", "X-Kaiden-Cluster-Id": self.config.cluster_id}

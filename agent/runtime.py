@@ -7,12 +7,16 @@ import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 Config = TypeVar("Config")
 
 SOFTWARE_VERSION = "0.1.0"
+STABLE_SECONDS = 10.0  # a connection that lasted this long resets the backoff (a refused one never does)
 
 
 class ConfigError(ValueError):
@@ -87,3 +91,37 @@ def run_main(
 
     asyncio.run(runner())
     return 0
+
+
+async def reconnect_forever(
+    session: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    backoff: Backoff,
+    peer: str,
+    log: logging.Logger,
+    on_lost: Callable[[], None],
+) -> None:
+    """Run `session(stop)` until `stop` is set; after each lost connection call `on_lost`, then wait the
+    backoff's next delay (reset first when the connection had lasted `STABLE_SECONDS`)."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await session(stop)
+        except InvalidStatus as exc:
+            log.warning("%s refused the connection: HTTP %s", peer, exc.response.status_code)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            log.warning("%s closed the connection (%s %s)", peer, code, exc.rcvd.reason if exc.rcvd else "")
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            log.info("%s connection lost: %s", peer, exc.__class__.__name__)
+        on_lost()
+        if stop.is_set():
+            break
+        if time.monotonic() - started >= STABLE_SECONDS:
+            backoff.reset()  # it was a healthy connection: come back quickly
+        delay = backoff.next_delay()
+        log.info("reconnecting to the %s in %.1f s", peer, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except TimeoutError:
+            pass
