@@ -3,7 +3,8 @@ agents, versioned and validated the same way on both ends. The one definition; i
 
 A frame is one JSON object: `{"v": 1, "type": "...", "id": "optional correlation id", "payload": {...}}`.
 Seed 000 §5.2 gives heartbeat, start_tunnel, stop_tunnel, tunnel_ready and tunnel_error; we add hello,
-ack/error, node_facts (agent → controller), ping/pong and the terminal messages used by relay sessions.
+ack/error, node_facts (agent → controller), ping/pong, the terminal messages used by relay sessions and
+recording_chunk (a session's asciicast, agent → cloud).
 A reply carries the `id` of the command it answers (ack/error: `payload.of`); see docs/agents.md.
 """
 
@@ -153,6 +154,7 @@ class TerminalOpenPayload(_Strict):
     node_name: Name
     cols: Annotated[int, Field(ge=1, le=1000)] = 80
     rows: Annotated[int, Field(ge=1, le=1000)] = 24
+    record_input: bool = False  # also record keystrokes ("i" events) in the session's asciicast
 
 
 class TerminalDataPayload(_Strict):
@@ -181,6 +183,18 @@ class TerminalResizePayload(_Strict):
 class TerminalClosePayload(_Strict):
     session_id: Ident
     reason: ShortText | None = None
+
+
+class RecordingChunkPayload(_Strict):
+    """A piece of a session's asciicast v2 recording (agent → cloud), in order by `seq` from 0.
+
+    `data` is whole NDJSON lines: chunk 0 starts with the header line. `final` marks the last chunk.
+    """
+
+    session_id: Ident
+    seq: Annotated[int, Field(ge=0, le=10_000_000)]
+    data: Annotated[str, Field(max_length=MAX_FRAME_BYTES // 2)]
+    final: bool = False
 
 
 # ---------------------------------------------------------------- messages
@@ -266,6 +280,11 @@ class TerminalClose(_Message):
     payload: TerminalClosePayload
 
 
+class RecordingChunk(_Message):
+    type: Literal["recording_chunk"] = "recording_chunk"
+    payload: RecordingChunkPayload
+
+
 MESSAGE_TYPES: tuple[type[_Message], ...] = (
     Hello,
     Heartbeat,
@@ -282,6 +301,7 @@ MESSAGE_TYPES: tuple[type[_Message], ...] = (
     TerminalData,
     TerminalResize,
     TerminalClose,
+    RecordingChunk,
 )
 TYPE_NAMES = frozenset(cls.model_fields["type"].default for cls in MESSAGE_TYPES)
 
@@ -300,7 +320,8 @@ Message = Annotated[
     | TerminalOpen
     | TerminalData
     | TerminalResize
-    | TerminalClose,
+    | TerminalClose
+    | RecordingChunk,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)

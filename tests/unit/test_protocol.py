@@ -50,6 +50,11 @@ EXAMPLES: list[p._Message] = [
     p.TerminalData(payload=p.TerminalDataPayload(session_id="s-1", data=base64.b64encode(b"ls\r").decode())),
     p.TerminalResize(payload=p.TerminalResizePayload(session_id="s-1", cols=100, rows=30)),
     p.TerminalClose(payload=p.TerminalClosePayload(session_id="s-1", reason="ended")),
+    p.RecordingChunk(
+        payload=p.RecordingChunkPayload(
+            session_id="s-1", seq=0, data='{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "$ "]\n', final=True
+        )
+    ),
     p.NodeFacts(
         payload=p.NodeFactsPayload(
             node_name="node-01",
