@@ -123,6 +123,7 @@ class StartTunnelPayload(_Strict):
     node_name: Name
     tunnel_token: SecretStr  # a Cloudflare tunnel token: never printed by repr or logs
     services: Annotated[list[Literal["ssh", "web"]], Field(min_length=1, max_length=2)]
+    public_hostname: Name | None = None  # the session's hostname, echoed back in tunnel_ready
 
 
 class SessionRef(_Strict):

@@ -56,6 +56,13 @@ class Settings:
     heartbeat_flush_seconds: float = 1.0  # the gateway writes heartbeats to the database in batches this often
     controller_image: str = "kaiden/controller:0.1.0"
     agent_image: str = "kaiden/agent:0.1.0"
+    # Support sessions (D2): docs/sessions.md.
+    session_default_minutes: int = 60  # a session's duration when the request names none
+    session_max_minutes: int = 480
+    session_record_input: bool = False  # also record keystrokes in recordings (output is always recorded)
+    recordings_url: str | None = None  # None → file://$KAIDEN_HOME/recordings; s3://bucket/prefix for S3
+    s3_endpoint_url: str | None = None  # an S3-compatible API other than AWS (MinIO, Ceph, R2, …)
+    cloudflare_access_login_methods: str = ""  # comma-separated Access identity provider ids; empty: all
 
     @property
     def data_dir(self) -> Path:
@@ -65,6 +72,11 @@ class Settings:
     def cloudflare_enabled(self) -> bool:
         """DNS records (services) and tunnels (sessions) go to Cloudflare only when all of these are set."""
         return bool(self.cloudflare_api_token and self.cloudflare_zone_id and self.cloudflare_account_id)
+
+    @property
+    def recordings_location(self) -> str:
+        """Where session recordings are stored: `file:///abs/dir` or `s3://bucket/prefix`."""
+        return self.recordings_url or f"file://{self.home / 'recordings'}"
 
     @property
     def gateway_url(self) -> str:
@@ -105,6 +117,15 @@ ENVIRONMENT = {
     "heartbeat_flush_seconds": ("KAIDEN_HEARTBEAT_FLUSH_SECONDS", "1.0"),
     "controller_image": ("KAIDEN_CONTROLLER_IMAGE", "kaiden/controller:0.1.0"),
     "agent_image": ("KAIDEN_AGENT_IMAGE", "kaiden/agent:0.1.0"),
+    "session_default_minutes": ("KAIDEN_SESSION_DEFAULT_MINUTES", "60"),
+    "session_max_minutes": ("KAIDEN_SESSION_MAX_MINUTES", "480"),
+    "session_record_input": ("KAIDEN_SESSION_RECORD_INPUT", "false"),
+    "recordings_url": ("KAIDEN_RECORDINGS_URL", "file://$KAIDEN_HOME/recordings"),
+    "s3_endpoint_url": ("KAIDEN_S3_ENDPOINT_URL", "unset: AWS S3 (credentials from the usual AWS_* variables)"),
+    "cloudflare_access_login_methods": (
+        "KAIDEN_CLOUDFLARE_ACCESS_LOGIN_METHODS",
+        "unset: every login method of the Access account",
+    ),
 }
 
 
