@@ -1,16 +1,21 @@
-"""REST v1: support-session records (seed 000) — list and get. Starting and ending sessions comes later."""
+"""REST v1: support sessions (docs/sessions.md) — list, get, start (on a ticket), end, attach a terminal, recording."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
-from pydantic import Field
+from flask import Response, current_app
+from pydantic import Field, field_validator
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from portal.api.framework import PageQuery, ResponseModel, Router
+from portal import redis_of, settings_of
+from portal.api.framework import PageQuery, RequestModel, ResponseModel, Router
+from portal.api.operations import OperationOut
 from portal.models import SessionState, SessionTransport, SupportSession, User
+from portal.queue import default_queue
 from portal.services import sessions as service
 
 router = Router("sessions", tags=["Support sessions"])
@@ -61,3 +66,124 @@ def list_sessions(session: Session, actor: User, query: SessionFilter) -> Select
 @router.get("/sessions/<uuid:session_id>", response=SessionOut, summary="Get a support session")
 def get_session(session: Session, actor: User, session_id: uuid.UUID) -> SupportSession:
     return service.get_session(session, actor, session_id)
+
+
+# ---------------------------------------------------------------- start, end, attach, recording
+
+
+class SessionStart(RequestModel):
+    node_id: uuid.UUID = Field(description="A node of the ticket's cluster: `ready`, its agent and the cluster online.")
+    services: list[Literal["ssh", "web"]] = Field(
+        default_factory=lambda: ["ssh", "web"],
+        min_length=1,
+        max_length=2,
+        description="What the session exposes (Cloudflare transport); the relay always gives a terminal.",
+    )
+    duration_minutes: int | None = Field(
+        None,
+        ge=service.MIN_MINUTES,
+        le=1_000_000,
+        description="5 to `KAIDEN_SESSION_MAX_MINUTES` (default 480); omitted: `KAIDEN_SESSION_DEFAULT_MINUTES`.",
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a service")
+        return value
+
+
+class SessionAccepted(ResponseModel):
+    """A `202` answer: the session and the operation working on it (poll `GET /operations/{id}`)."""
+
+    session: SessionOut
+    operation: OperationOut
+
+
+class AttachRequest(RequestModel):
+    cols: int = Field(80, ge=1, le=1000, description="Terminal width in columns.")
+    rows: int = Field(24, ge=1, le=1000, description="Terminal height in rows.")
+
+
+class AttachOut(ResponseModel):
+    url: str = Field(description="The gateway's WebSocket URL for this terminal, with a one-use ticket.")
+    expires_in: int = Field(description="Seconds the ticket stays valid.")
+
+
+def _queue():
+    settings = settings_of(current_app)
+    return default_queue(settings, redis_of(current_app))
+
+
+@router.post(
+    "/tickets/<uuid:ticket_id>/sessions",
+    body=SessionStart,
+    response=SessionAccepted,
+    status=202,
+    summary="Start a support session on a node of the ticket's cluster",
+)
+def start_session(session: Session, actor: User, ticket_id: uuid.UUID, body: SessionStart) -> service.SessionOperation:
+    """The engineer assigned to the ticket, or an admin (403 `not_assigned`). The node must be in the
+    ticket's cluster (422 `node_id`), `ready` with its agent and the cluster online (409 `node_offline`);
+    one open session per node and engineer (409 `session_open`, naming it in `session_id`); not on a
+    closed ticket (409 `ticket_closed`). A `session.start` operation brings it to `active` (or `failed`
+    with `error_message`).
+    """
+    return service.start_session(
+        session,
+        actor,
+        ticket_id,
+        body.node_id,
+        body.services,
+        body.duration_minutes,
+        settings=settings_of(current_app),
+        queue=_queue(),
+    )
+
+
+@router.delete(
+    "/sessions/<uuid:session_id>",
+    response=SessionAccepted,
+    status=202,
+    summary="End a support session",
+)
+def end_session(session: Session, actor: User, session_id: uuid.UUID) -> service.SessionOperation:
+    """The session's engineer, an admin, or anyone who may close the ticket. A `session.end` operation
+    closes the terminal (or the tunnel and its Cloudflare objects), keeps the recording and writes the
+    ticket's timeline. An ended or failed session is a 409 (`session_ended`), so is one already ending
+    (`operation_running`).
+    """
+    return service.end_session(session, actor, session_id, queue=_queue())
+
+
+@router.post(
+    "/sessions/<uuid:session_id>/attach",
+    body=AttachRequest,
+    response=AttachOut,
+    summary="Get a one-use ticket to open the session's terminal (relay)",
+)
+def attach(session: Session, actor: User, session_id: uuid.UUID, body: AttachRequest) -> service.AttachTicket:
+    """Only the session's own engineer (admins too are refused: 403 `not_session_engineer`), only while
+    the session is `active` (409 `session_not_active`). Open the answer's `url` (a WebSocket on the
+    gateway) within `expires_in` seconds; the ticket works once.
+    """
+    return service.issue_attach_ticket(
+        session, redis_of(current_app), actor, session_id, body.cols, body.rows, settings_of(current_app)
+    )
+
+
+@router.get(
+    "/sessions/<uuid:session_id>/recording",
+    media_type="application/x-asciicast",
+    summary="The session's terminal recording (asciicast v2)",
+)
+def get_recording(session: Session, actor: User, session_id: uuid.UUID) -> Response:
+    """For the ticket's parties: admins, the session's engineer, the ticket's assignee and the customer's
+    users (other engineers 403). No recording (yet) is a 404 `no_recording`.
+    """
+    data = service.read_recording(session, actor, session_id, settings_of(current_app))
+    response = Response(data, status=200, mimetype="application/x-asciicast")
+    response.headers["Cache-Control"] = "private, no-store"
+    response.headers["Content-Disposition"] = f'inline; filename="session-{session_id}.cast"'
+    return response

@@ -16,6 +16,8 @@ from portal.errors import NotFound, PermissionDenied
 from portal.models import (
     WORKSPACE_ROLE_RANK,
     Customer,
+    SupportSession,
+    Ticket,
     TicketStatus,
     User,
     UserRole,
@@ -135,3 +137,68 @@ def visible_workspaces(actor: User):
             Workspace.id.in_(select(WorkspaceMember.workspace_id).where(WorkspaceMember.user_id == actor.id)),
         )
     return stmt
+
+
+# ---------------------------------------------------------------- support sessions (docs/sessions.md)
+# Visibility (404) comes first, from the tenant-scoped lookup; these rules decide 403 on a visible session.
+
+
+def can_start_session(actor: User, ticket: Ticket) -> bool:
+    """Admins, and the engineer the ticket is assigned to."""
+    return is_admin(actor) or (actor.role == UserRole.engineer and ticket.assigned_to_id == actor.id)
+
+
+def require_session_starter(actor: User, ticket: Ticket) -> None:
+    if can_start_session(actor, ticket):
+        return
+    if is_staff(actor):
+        raise PermissionDenied(
+            "Only the engineer assigned to the ticket (or an admin) may start a session.", code="not_assigned"
+        )
+    raise PermissionDenied("Support sessions are started by Kaiden staff.")
+
+
+def may_close_tickets(actor: User) -> bool:
+    """Whether the role may move a ticket to `closed` at all (customers: a resolved one; staff: any)."""
+    role = UserRole(str(actor.role))
+    if "status" not in TICKET_EDITABLE_FIELDS[role]:
+        return False
+    return role != UserRole.customer or TicketStatus.closed in TICKET_CUSTOMER_STATUS_TARGETS
+
+
+def can_end_session(actor: User, session: SupportSession) -> bool:
+    """The session's engineer, an admin, or anyone who may close the ticket (staff, the ticket's customer's users)."""
+    if is_admin(actor) or (actor.id is not None and actor.id == session.engineer_id):
+        return True
+    if not may_close_tickets(actor):
+        return False
+    return is_staff(actor) or actor.customer_id == session.ticket.customer_id
+
+
+def require_session_ender(actor: User, session: SupportSession) -> None:
+    if not can_end_session(actor, session):
+        raise PermissionDenied("You may not end this support session.")
+
+
+def can_attach(actor: User, session: SupportSession) -> bool:
+    """Only the session's own engineer opens its terminal (admins too are refused)."""
+    return session.engineer_id is not None and actor.id == session.engineer_id
+
+
+def require_attach(actor: User, session: SupportSession) -> None:
+    if not can_attach(actor, session):
+        raise PermissionDenied("Only the session's engineer may open its terminal.", code="not_session_engineer")
+
+
+def may_read_recording(actor: User, session: SupportSession) -> bool:
+    """The ticket's parties: admins, the session's engineer, the ticket's assignee, the ticket's customer's users."""
+    if is_admin(actor):
+        return True
+    if actor.id is not None and actor.id in (session.engineer_id, session.ticket.assigned_to_id):
+        return True
+    return actor.role == UserRole.customer and actor.customer_id == session.ticket.customer_id
+
+
+def require_recording_reader(actor: User, session: SupportSession) -> None:
+    if not may_read_recording(actor, session):
+        raise PermissionDenied("Only the ticket's parties may watch this session's recording.")

@@ -271,6 +271,10 @@ def update_ticket(
     if new_status is not None:
         _apply_status(ticket, actor, new_status)
     session.flush()  # one UPDATE (one version bump) for the whole edit, plus its comments
+    if new_status == S.closed:
+        from portal.services.sessions import end_sessions_of_ticket
+
+        end_sessions_of_ticket(session, ticket, actor=actor)  # docs/sessions.md: closing ends its sessions
     session.expire(ticket, ["comments"])
     return ticket
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from portal import create_app, database_of
 from portal.api import routes
 from portal.crypto import install_encryption
+from portal.services.recordings import RecordingStore
 from tests import factories
 
 # ---------------------------------------------------------------- roles
@@ -68,8 +69,11 @@ class World:
         return self.tenants["A"].spare_tokens.get(role)
 
 
-def build_tenant(session: Session, name: str) -> Tenant:
-    """A customer with one user per workspace role, two identical workspaces and a non-member."""
+def build_tenant(session: Session, name: str, engineer: Any) -> Tenant:
+    """A customer with one user per workspace role, two identical workspaces and a non-member.
+
+    `engineer` (the matrix's engineer) runs the tenant's active support session.
+    """
     tenant = Tenant(name)
     customer = factories.make_customer(session, name=f"Tenant {name}")
     workspace = factories.make_workspace(session, customer=customer, name=f"WS {name}")
@@ -93,10 +97,12 @@ def build_tenant(session: Session, name: str) -> Tenant:
     #   cluster = factories.make_cluster(session, customer); tenant.ids["cluster_id"] = cluster.id
     # Remote Support: a cluster with a node, a ticket on it with a session; Cloud Services: an
     # operation on a service of the workspace (readable by its members only); a (global) template.
-    cluster = factories.make_cluster(session, customer, name=f"cluster-{name.lower()}")
-    node = factories.make_node(session, cluster)
+    # The cluster and node are online, so admins may start a session; the ticket is not assigned, so the
+    # engineer may not. The active session is the engineer's: only they get a terminal ticket.
+    cluster = factories.make_cluster(session, customer, name=f"cluster-{name.lower()}", status="online")
+    node = factories.make_node(session, cluster, agent_status="online")
     ticket = factories.make_ticket(session, cluster=cluster, created_by=tenant.users["ws_member"])
-    support_session = factories.make_session(session, ticket=ticket, node=node)
+    support_session = factories.make_session(session, ticket=ticket, node=node, engineer=engineer, state="active")
     operation = factories.make_operation(session, factories.make_service(session, workspace))
     template = factories.make_template(session, slug=f"matrix-app-{name.lower()}")
     # Cloud Services: a running service with one revision and no operation in flight
@@ -107,6 +113,7 @@ def build_tenant(session: Session, name: str) -> Tenant:
     tenant.ids["service_id"] = service.id
     tenant.ids.update(
         cluster_id=cluster.id,
+        node_id=node.id,
         ticket_id=ticket.id,
         session_id=support_session.id,
         operation_id=operation.id,
@@ -116,8 +123,8 @@ def build_tenant(session: Session, name: str) -> Tenant:
 
 
 def build_world(session: Session) -> World:
-    tenants = {name: build_tenant(session, name) for name in ("A", "B")}
     staff = {"admin": factories.make_admin(session), "engineer": factories.make_engineer(session)}
+    tenants = {name: build_tenant(session, name, staff["engineer"]) for name in ("A", "B")}
     tokens = {role: factories.make_api_token(session, user)[1] for role, user in staff.items()}
     spare = {role: factories.make_api_token(session, user)[0].id for role, user in staff.items()}
     return World(tenants=tenants, staff=staff, staff_tokens=tokens, staff_spare_tokens=spare)
@@ -271,9 +278,19 @@ EXPECTATIONS: dict[tuple[str, str], Expect] = {
     ("PATCH", f"{V1}/tickets/{{ticket_id}}"): Expect(tenant_read(), body=lambda w, t, r: {"priority": "high"}),
     ("GET", f"{V1}/tickets/{{ticket_id}}/comments"): Expect(tenant_read()),
     ("POST", f"{V1}/tickets/{{ticket_id}}/comments"): Expect(tenant_read(201), body=lambda w, t, r: {"content": "hi"}),
-    # support-session records
+    # support sessions (docs/sessions.md): admins or the ticket's assignee start them; the session's engineer,
+    # admins and whoever may close the ticket end them; only the session's engineer attaches; the ticket's
+    # parties read the recording
     ("GET", f"{V1}/sessions"): Expect(everyone(200), None),
     ("GET", f"{V1}/sessions/{{session_id}}"): Expect(tenant_read()),
+    ("POST", f"{V1}/tickets/{{ticket_id}}/sessions"): Expect(
+        statuses(staff=(202, 403), tenant=403, foreign=404), body=lambda w, t, r: {"node_id": str(t.ids["node_id"])}
+    ),
+    ("DELETE", f"{V1}/sessions/{{session_id}}"): Expect(tenant_read(202)),
+    ("POST", f"{V1}/sessions/{{session_id}}/attach"): Expect(
+        statuses(staff=(403, 201), tenant=403, foreign=404), body=lambda w, t, r: {"cols": 80, "rows": 24}
+    ),
+    ("GET", f"{V1}/sessions/{{session_id}}/recording"): Expect(tenant_read()),
     # operations: readable where the target is (here a service: workspace members only)
     ("GET", f"{V1}/operations/{{operation_id}}"): Expect(workspace("read", 200)),
     ("GET", f"{V1}/operations/{{operation_id}}/log"): Expect(workspace("read", 200)),
@@ -336,13 +353,19 @@ def matrix(settings, _schema):
     connection = engine.connect()
     outer = connection.begin()
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    recordings = RecordingStore.from_settings(settings)
+    world = None
     try:
         with factory() as session:
             world = build_world(session)
             session.commit()
+        for tenant in world.tenants.values():  # a recording of each tenant's session, for the replay route
+            recordings.put_chunk(tenant.ids["session_id"], 0, b'{"version": 2, "width": 80, "height": 24}\n')
         database_of(app).sessionmaker = factory
         yield app, connection, world
     finally:
+        for tenant in world.tenants.values() if world else ():
+            recordings.delete(tenant.ids["session_id"])
         outer.rollback()
         connection.close()
         engine.dispose()
