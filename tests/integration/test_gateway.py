@@ -383,14 +383,15 @@ def test_session_commands_follow_the_node_of_their_session(app, runtime) -> None
     redis = redis_of(app)
     opened = protocol.TerminalOpen(payload=protocol.TerminalOpenPayload(session_id="s-9", node_name="node-a"))
     reply = send_command(redis, cluster_id, opened)
-    # today's agent refuses terminals (D2 brings them); what matters here is that the agent answered
-    assert isinstance(reply, protocol.Error) and reply.payload.code == protocol.ErrorCode.unsupported
+    assert isinstance(reply, protocol.Ack)  # the agent opened a shell for the session
     assert controller.obj.sessions == {"s-9": "node-a"}
-    data = protocol.TerminalData(payload=protocol.TerminalDataPayload(session_id="s-9", data="bHM="))
-    reply = send_command(redis, cluster_id, data)
-    assert isinstance(reply, protocol.Error) and "terminal_data is not supported by agent" in reply.payload.message
+    # a session the controller never saw opened has no node to go to: the controller answers itself
+    stray = protocol.TerminalData(payload=protocol.TerminalDataPayload(session_id="s-10", data="bHM="))
+    reply = send_command(redis, cluster_id, stray)
+    assert isinstance(reply, protocol.Error) and reply.payload.code == protocol.ErrorCode.not_found
     close = protocol.TerminalClose(payload=protocol.TerminalClosePayload(session_id="s-9"))
-    send_command(redis, cluster_id, close)
+    reply = send_command(redis, cluster_id, close, timeout=20)
+    assert isinstance(reply, protocol.Ack)  # the agent closed the shell (after sending its last chunk)
     assert controller.obj.sessions == {}
 
 

@@ -143,11 +143,9 @@ def test_agent_answers_ping_and_refuses_what_it_cannot_do() -> None:
     agent = Agent(AgentConfig(node_name="n1", controller_url="ws://x/agent", api_key="k", host_root=Path("/")))
     pong = agent.answer(protocol.Ping(id="a1", payload=protocol.PingPayload(node_name="n1")))
     assert isinstance(pong, protocol.Pong) and (pong.id, pong.payload.node_name) == ("a1", "n1")
-    start = protocol.StartTunnel(
-        id="t1",
-        payload=protocol.StartTunnelPayload(session_id="s", node_name="n1", tunnel_token="tok", services=["ssh"]),
-    )
-    refused = agent.answer(start)
+    # a heartbeat is the controller's own message: an agent cannot act on it and says so
+    beat = protocol.Heartbeat(id="t1", payload=protocol.HeartbeatPayload(cluster_id="c", nodes=[]))
+    refused = agent.answer(beat)
     assert isinstance(refused, protocol.Error) and refused.payload.code == protocol.ErrorCode.unsupported
     assert refused.payload.of == "t1"
 
