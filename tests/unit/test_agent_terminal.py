@@ -89,7 +89,14 @@ class Wire:
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    """Run `scenario` on a private loop. Not `asyncio.run`: that leaves the thread with no current loop, and
+    the Pulumi-mock tests that run later in this process need the implicit one."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 120))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def marker() -> tuple[bytes, bytes]:

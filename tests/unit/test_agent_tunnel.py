@@ -68,7 +68,14 @@ async def eventually(predicate: Callable[[], Any], what: str, timeout: float = T
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    """Run `scenario` on a private loop. Not `asyncio.run`: that leaves the thread with no current loop, and
+    the Pulumi-mock tests that run later in this process need the implicit one."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 120))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _start(session_id: str = "s-1", hostname: str | None = "sess-1.support.example", command_id: str = "t-1"):
