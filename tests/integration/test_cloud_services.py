@@ -11,8 +11,6 @@ import base64
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,33 +21,15 @@ from portal import create_app, database_of
 from portal.catalog import load_catalog
 from portal.infra import engine
 from portal.models import WorkspaceRole
-from portal.settings import ENVIRONMENT, Settings
+from portal.settings import Settings
 from tests import factories
-from tests.support import wait_for
+from tests.support import run_workers, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_PASSWORD = "redis-Pa55-word-xyz"
 N8N_KEY = "n8n-encryption-key-123"
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment a `kaiden worker` needs to act with exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
-    for name, (var, _) in ENVIRONMENT.items():
-        value = getattr(settings, name)
-        if value is not None:
-            env[var] = str(value)
-    return env
-
-
-def run_workers(settings: Settings, count: int = 1, timeout: float = 900) -> None:
-    """Run `count` burst workers at once (each exits when the queue is empty); fail on a non-zero exit."""
-    command = [sys.executable, "-m", "portal.cli", "worker", "--burst"]
-    procs = [subprocess.Popen(command, env=worker_env(settings), cwd=ROOT) for _ in range(count)]
-    for proc in procs:
-        assert proc.wait(timeout=timeout) == 0
 
 
 @pytest.fixture(scope="module")
