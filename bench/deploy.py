@@ -33,22 +33,13 @@ PASSWORD = "bench-redis-password"  # noqa: S105 (a throwaway value for a throwaw
 VALUES = {"auth.password": PASSWORD, "persistence.enabled": False}
 
 
-def worker_env(settings) -> dict[str, str]:
-    from portal.settings import ENVIRONMENT
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
-    for name, (var, _) in ENVIRONMENT.items():
-        value = getattr(settings, name)
-        if value is not None:
-            env[var] = str(value)
-    return env
-
-
 def start_workers(settings, count: int) -> list[subprocess.Popen]:
+    from portal.settings import process_environment
+
     command = [sys.executable, "-m", "portal.cli", "worker"]
     return [
         subprocess.Popen(
-            command, env=worker_env(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, env=process_environment(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         for _ in range(count)
     ]

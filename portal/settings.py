@@ -129,6 +129,17 @@ ENVIRONMENT = {
 }
 
 
+def process_environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default `os.environ`) without its `KAIDEN_*` variables, plus those that rebuild `settings` exactly:
+    how a child process (a worker, a gateway) is started with the same settings as its parent."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("KAIDEN_")}
+    for name, (var, _) in ENVIRONMENT.items():
+        value = getattr(settings, name)
+        if value is not None:
+            env[var] = str(value)
+    return env
+
+
 def _generated_secret(home: Path, name: str, make) -> str:
     """Read a secret file from the data dir, creating it (0600, atomically) on first use."""
     path = home / name

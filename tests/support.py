@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pulumi
 
-from portal.settings import ENVIRONMENT, Settings
+from portal.settings import Settings, process_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,20 +25,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 120, what: str = "c
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment a `kaiden worker` needs to act with exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
-    for name, (var, _) in ENVIRONMENT.items():
-        value = getattr(settings, name)
-        if value is not None:
-            env[var] = str(value)
-    return env
-
-
 def run_workers(settings: Settings, count: int = 1, timeout: float = 900) -> None:
     """Run `count` burst workers at once (each exits when the queue is empty); fail on a non-zero exit."""
     command = [sys.executable, "-m", "portal.cli", "worker", "--burst"]
-    procs = [subprocess.Popen(command, env=worker_env(settings), cwd=ROOT) for _ in range(count)]
+    procs = [subprocess.Popen(command, env=process_environment(settings), cwd=ROOT) for _ in range(count)]
     for proc in procs:
         assert proc.wait(timeout=timeout) == 0
 
