@@ -1,5 +1,6 @@
 """Support ticket pages: list with filters, new ticket (cluster picker), detail with status flow, assignment,
-comments timeline and the ticket's support sessions (read-only).
+comments timeline and the ticket's support sessions (list, live banner, replay links, and the "Start support
+session" form for the assigned engineer or an admin; its helpers live in `portal.pages.sessions`).
 
 Every read and change goes through `portal.services.tickets`, so tenancy (a customer user sees only
 their customer's tickets; anything else is a 404) and the timeline entries stay in one place.
@@ -29,6 +30,7 @@ from portal.models import (
     User,
     UserRole,
 )
+from portal.pages import sessions as session_pages
 from portal.services import clusters as cluster_service
 from portal.services import tickets as service
 from portal.web import request_session
@@ -272,6 +274,7 @@ def _detail(
         errors=errors or {},
         message=message,
         comment=comment,
+        **session_pages.start_form_context(session, user, ticket),
     )
 
 
