@@ -1,5 +1,6 @@
 """`WS /api/v1/agent/connect`: controllers' connections — handshake, one live connection per cluster,
-frames in (heartbeats, replies, events), commands out (from Redis). Close codes are in docs/agents.md.
+frames in (heartbeats, replies, events, terminal output, recording chunks), commands and forwarded terminal
+input out (from Redis). Close codes are in docs/agents.md; the session frames in docs/sessions.md.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from sqlalchemy import select
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -19,8 +22,15 @@ from agent import protocol
 from portal.crypto import hash_token
 from portal.db import Database
 from portal.gateway.liveness import HeartbeatBuffer, Stats
-from portal.services.cluster_commands import REPLY_TTL_SECONDS, control_channel, events_channel
+from portal.models import Node, SupportSession
+from portal.services.cluster_commands import (
+    REPLY_TTL_SECONDS,
+    control_channel,
+    events_channel,
+    session_output_channel,
+)
 from portal.services.heartbeats import cluster_key_matches, current_key_hashes
+from portal.services.recordings import RecordingStore
 
 log = logging.getLogger("kaiden.gateway")
 
@@ -30,6 +40,9 @@ CLOSE_REPLACED = 4009
 CLOSE_PROTOCOL = 4400
 HELLO_TIMEOUT = 10.0
 REDIS_POOL_SIZE = 32
+RECORDING_WRITE_ATTEMPTS = 3
+SESSION_CACHE_SIZE = 4096  # per connection: which session ids belong to its cluster
+SessionFrame = protocol.TerminalData | protocol.TerminalClose | protocol.RecordingChunk
 
 
 @dataclass(eq=False)
@@ -39,15 +52,31 @@ class ControllerConnection:
     key_hash: str = ""  # of the key it authenticated with: a rotation closes the connection
     connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     pending: dict[str, str] = field(default_factory=dict)  # command id → reply list key
+    sessions: dict[str, bool] = field(default_factory=dict)  # session id → is a session on this cluster
 
 
 class ControllerHub:
     """The controller connections this gateway holds, and their bridge to Redis."""
 
-    def __init__(self, database: Database, redis_url: str, buffer: HeartbeatBuffer, stats: Stats) -> None:
+    def __init__(
+        self,
+        database: Database,
+        redis_url: str,
+        buffer: HeartbeatBuffer,
+        stats: Stats,
+        recordings: RecordingStore | None = None,
+    ) -> None:
         self.database = database
         self.buffer = buffer
         self.stats = stats
+        self.recordings = recordings
+        # session id → the latest write of its recording; each waits for the one before (chunks in order)
+        self._recording_writes: dict[str, asyncio.Task[None]] = {}
+        # Agents flush every session's chunk at the same tick. Files: one writer thread takes that burst in turn
+        # instead of several contending with the event loop for the GIL (it showed in the keystroke echo tail).
+        self._recording_executor = ThreadPoolExecutor(
+            max_workers=recordings.writers if recordings is not None else 1, thread_name_prefix="kaiden-recordings"
+        )
         # blocking pool: a burst of connects waits for a Redis connection instead of failing
         pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=REDIS_POOL_SIZE, timeout=None)
         self.redis = aioredis.Redis(connection_pool=pool)
@@ -63,6 +92,10 @@ class ControllerHub:
     async def close(self) -> None:
         for conn in list(self.connections.values()):
             await conn.websocket.close(1001, "gateway shutting down")
+        writes = list(self._recording_writes.values())
+        if writes:  # chunks already received are stored before the gateway goes
+            await asyncio.wait(writes, timeout=30)
+        self._recording_executor.shutdown(wait=False, cancel_futures=True)
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -71,6 +104,7 @@ class ControllerHub:
                 pass
         await self.pubsub.aclose()
         await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()  # a pool we made is ours to close
 
     # ------------------------------------------------------------ handshake
 
@@ -235,10 +269,116 @@ class ControllerHub:
             return
         if isinstance(message, protocol.Hello):
             return  # a repeated hello changes nothing
+        if isinstance(message, SessionFrame):
+            await self._session_frame(conn, message)
+            return
         try:
             await self.redis.publish(events_channel(conn.cluster_id), protocol.encode(message))
         except Exception:
             log.exception("could not publish a %s event of cluster %s", message.type, conn.cluster_id)
+
+    # ------------------------------------------------------------ session frames (docs/sessions.md)
+
+    async def _session_frame(self, conn: ControllerConnection, message: SessionFrame) -> None:
+        """Terminal output goes to the session's output channel, recording chunks into the store; both only for
+        sessions on this connection's cluster, so one customer's controller cannot write into another's session."""
+        session_id = message.payload.session_id
+        if not await self._owns_session(conn, session_id):
+            self.stats.frame_errors += 1
+            log.warning("cluster %s sent a %s for a session not on it; dropped", conn.cluster_id, message.type)
+            return
+        if isinstance(message, protocol.RecordingChunk):
+            self._record(message.payload)
+            return
+        try:
+            await self.redis.publish(session_output_channel(session_id), protocol.encode(message))
+        except Exception:
+            log.exception("could not publish a %s of a session of cluster %s", message.type, conn.cluster_id)
+
+    async def _owns_session(self, conn: ControllerConnection, session_id: str) -> bool:
+        known = conn.sessions.get(session_id)
+        if known is not None:
+            return known
+        try:
+            key = uuid.UUID(session_id)
+        except ValueError:
+            return False
+
+        def lookup() -> uuid.UUID | None:
+            with self.database.session() as session:
+                stmt = (
+                    select(Node.cluster_id)
+                    .join(SupportSession, SupportSession.node_id == Node.id)
+                    .where(SupportSession.id == key)
+                )
+                return session.scalar(stmt)
+
+        try:
+            owner = await asyncio.to_thread(lookup)
+        except Exception:  # not cached: the next frame asks again
+            log.exception("cannot check the session %s of cluster %s", session_id, conn.cluster_id)
+            return False
+        if len(conn.sessions) >= SESSION_CACHE_SIZE:
+            conn.sessions.clear()
+        conn.sessions[session_id] = owner == conn.cluster_id
+        return conn.sessions[session_id]
+
+    def _record(self, chunk: protocol.RecordingChunkPayload) -> None:
+        """Store a chunk in the background (the controller's frames keep flowing), after the session's previous one."""
+        if self.recordings is None:
+            return
+        session_id = chunk.session_id
+        task = asyncio.create_task(self._write_chunk(chunk, self._recording_writes.get(session_id)))
+        self._recording_writes[session_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._recording_writes.get(session_id) is done:
+                del self._recording_writes[session_id]
+
+        task.add_done_callback(forget)
+
+    async def _write_chunk(self, chunk: protocol.RecordingChunkPayload, previous: asyncio.Task[None] | None) -> None:
+        assert self.recordings is not None
+        if previous is not None:
+            await asyncio.wait([previous])
+        data = chunk.data.encode("utf-8")
+        for attempt in range(RECORDING_WRITE_ATTEMPTS):
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._recording_executor, self.recordings.put_chunk, chunk.session_id, chunk.seq, data
+                )
+                break
+            except Exception:
+                last = attempt == RECORDING_WRITE_ATTEMPTS - 1
+                log.warning(
+                    "storing chunk %d of the recording of session %s failed%s",
+                    chunk.seq,
+                    chunk.session_id,
+                    "; it is lost" if last else "; retrying",
+                    exc_info=last,
+                )
+                if last:
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
+        if chunk.final:
+            try:
+                await asyncio.to_thread(self._mark_recorded, chunk.session_id)
+            except Exception:
+                log.exception("could not record where the recording of session %s is", chunk.session_id)
+
+    def _mark_recorded(self, session_id: str) -> None:
+        from portal.services.sessions import recording_url
+
+        assert self.recordings is not None
+        table = SupportSession.__table__
+        # A Core UPDATE of two columns only the gateway writes: it leaves `version` alone, so the session's end
+        # job, which may hold the row loaded meanwhile, is not failed as a concurrent edit.
+        with self.database.session() as session:
+            session.execute(
+                table.update()
+                .where(table.c.id == uuid.UUID(session_id))
+                .values(recording_path=self.recordings.path_of(session_id), recording_url=recording_url(session_id))
+            )
 
     async def _push_reply(self, key: str, frame: str) -> None:
         try:
@@ -281,6 +421,14 @@ class ControllerHub:
                 del self.connections[conn.cluster_id]
                 await self.pubsub.unsubscribe(channel.decode())
                 await self._replace(conn)
+            return
+        if envelope.get("kind") == "forward":  # terminal input and resizes: nothing comes back
+            frame = envelope.get("frame")
+            if isinstance(frame, str):
+                try:
+                    await conn.websocket.send(frame)
+                except ConnectionClosed:
+                    pass
             return
         if envelope.get("kind") != "command":
             return

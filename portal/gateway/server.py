@@ -1,4 +1,5 @@
-"""The gateway's server: HTTP routing (health, metrics, websocket endpoints) and the lifecycle of its tasks."""
+"""The gateway's server: HTTP routing (health, metrics, websocket endpoints: controllers, browser terminals) and the
+lifecycle of its tasks (heartbeat flush, offline sweep, key revocation, session expiry)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from websockets.http11 import Request, Response
 from portal.db import Database
 from portal.gateway.controllers import ControllerHub
 from portal.gateway.liveness import HeartbeatBuffer, Stats, flush_loop, revocation_loop, sweep_loop
+from portal.gateway.sessions import expiry_loop
+from portal.gateway.terminals import TerminalHub, terminal_session_id
+from portal.services.recordings import RecordingStore
 from portal.settings import Settings
 
 log = logging.getLogger("kaiden.gateway")
@@ -32,6 +36,8 @@ class GatewayConfig:
     offline_after: float = 45.0  # no heartbeat for this long → offline
     sweep_seconds: float = 7.5
     key_check_seconds: float = 5.0  # how soon a rotated key disconnects a live controller
+    session_sweep_seconds: float = 5.0  # how soon a session past its expiry gets its end operation
+    terminal_check_seconds: float = 2.0  # how soon a browser terminal learns that its session ended
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:
@@ -67,7 +73,15 @@ class Gateway:
         self.database = Database(settings.database_url, settings.encryption_key)
         self.stats = Stats()
         self.buffer = HeartbeatBuffer(self.database, self.stats)
-        self.hub = ControllerHub(self.database, redis_url(settings), self.buffer, self.stats)
+        self.hub = ControllerHub(
+            self.database, redis_url(settings), self.buffer, self.stats, RecordingStore.from_settings(settings)
+        )
+        self.terminals = TerminalHub(
+            self.database,
+            redis_url(settings),
+            record_input=settings.session_record_input,
+            state_check_seconds=self.config.terminal_check_seconds,
+        )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
@@ -82,23 +96,30 @@ class Gateway:
                 connection,
                 {
                     "controllers": len(self.hub.connections),
+                    "terminals": len(self.terminals.attachments),
                     "max_rss_kib": usage.ru_maxrss,
                     "rss_kib": _current_rss_kib(),
                     **self.stats.snapshot(_window(request.path)),
                 },
             )
-        if path == AGENT_CONNECT_PATH:
+        if path == AGENT_CONNECT_PATH or terminal_session_id(path) is not None:
             return None
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     async def _handler(self, connection: ServerConnection) -> None:
-        if connection.request is not None and connection.request.path.split("?", 1)[0] == AGENT_CONNECT_PATH:
+        path = connection.request.path if connection.request is not None else ""
+        if path.split("?", 1)[0] == AGENT_CONNECT_PATH:
             await self.hub.handle(connection)
+            return
+        session_id = terminal_session_id(path)
+        if session_id is not None:
+            await self.terminals.handle(connection, session_id)
             return
         await connection.close(code=1008, reason="unknown endpoint")
 
     async def start(self, host: str, port: int) -> int:
         await self.hub.start()
+        await self.terminals.start()
         self._server = await serve(
             self._handler,
             host,
@@ -114,6 +135,9 @@ class Gateway:
                 sweep_loop(self.database, self.stats, self.config.offline_after, self.config.sweep_seconds, self._stop)
             ),
             asyncio.create_task(revocation_loop(self.hub, self.config.key_check_seconds, self._stop)),
+            asyncio.create_task(
+                expiry_loop(self.database, self.settings, self.config.session_sweep_seconds, self._stop)
+            ),
         ]
         bound = self._server.sockets[0].getsockname()[1]
         log.info("gateway on ws://%s:%s/", host, bound)
@@ -125,6 +149,7 @@ class Gateway:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.terminals.close()
         await self.hub.close()
         for task in self._tasks:
             await task
