@@ -7,8 +7,10 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from agent.protocol import HeartbeatPayload
 from portal.db import Database
@@ -19,6 +21,8 @@ from portal.services.heartbeats import (
     mark_stale_clusters_offline,
     record_cluster_updates,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("kaiden.gateway")
 
@@ -141,13 +145,9 @@ async def flush_loop(buffer: HeartbeatBuffer, every: float, stop: asyncio.Event)
         pause = max(0.0, every - (time.monotonic() - started))
 
 
-async def sweep_loop(database: Database, stats: Stats, offline_after: float, every: float, stop: asyncio.Event) -> None:
-    """Mark clusters offline whose last heartbeat is older than `offline_after` seconds."""
-
-    def sweep() -> list[uuid.UUID]:
-        with database.session() as session:
-            return mark_stale_clusters_offline(session, utcnow() - timedelta(seconds=offline_after))
-
+async def periodically(every: float, stop: asyncio.Event, work: Callable[[], T], what: str) -> AsyncIterator[T]:
+    """Run blocking `work` in a thread every `every` seconds until `stop`, yielding each result; a failure is
+    logged (naming `what`) and the next round goes on. The gateway's sweeps are loops over this."""
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
@@ -155,10 +155,21 @@ async def sweep_loop(database: Database, stats: Stats, offline_after: float, eve
         except TimeoutError:
             pass
         try:
-            flipped = await asyncio.to_thread(sweep)
+            result = await asyncio.to_thread(work)
         except Exception:
-            log.exception("offline sweep failed")
+            log.exception("%s failed", what)
             continue
+        yield result
+
+
+async def sweep_loop(database: Database, stats: Stats, offline_after: float, every: float, stop: asyncio.Event) -> None:
+    """Mark clusters offline whose last heartbeat is older than `offline_after` seconds."""
+
+    def sweep() -> list[uuid.UUID]:
+        with database.session() as session:
+            return mark_stale_clusters_offline(session, utcnow() - timedelta(seconds=offline_after))
+
+    async for flipped in periodically(every, stop, sweep, "offline sweep"):
         if flipped:
             stats.clusters_marked_offline += len(flipped)
             log.info("%d cluster(s) offline: no heartbeat for %.1f s", len(flipped), offline_after)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from portal.db import Database
+from portal.gateway.liveness import periodically
 from portal.models import utcnow
 from portal.settings import Settings
 
@@ -32,17 +33,7 @@ async def expiry_loop(database: Database, settings: Settings, every: float, stop
             return len(expire_due(session, utcnow(), queue))
 
     try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=every)
-                return
-            except TimeoutError:
-                pass
-            try:
-                ended = await asyncio.to_thread(sweep)
-            except Exception:
-                log.exception("session expiry sweep failed")
-                continue
+        async for ended in periodically(every, stop, sweep, "session expiry sweep"):
             if ended:
                 log.info("%d support session(s) expired: end operations queued", ended)
     finally:
