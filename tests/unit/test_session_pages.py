@@ -111,7 +111,7 @@ def test_assigned_engineer_gets_the_start_form_with_node_states(client, db, sett
     assert f'max="{settings.session_max_minutes}"' in form and f'value="{settings.session_default_minutes}"' in form
     for field in ("node_id", "services", "duration_minutes"):  # slots for the API's 422 field errors
         assert f'data-error-for="{field}"' in form
-    assert "/tickets/${form.dataset.ticketId}/sessions" in html  # posts to the API, not to a page route
+    assert "js/session_start.js" in html  # the start form is posted to the API by that module, not to a page
     _assert_labelled(html)
 
 
