@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Response, current_app
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from portal import redis_of, settings_of
 from portal.api.framework import PageQuery, RequestModel, ResponseModel, Router
 from portal.api.operations import OperationOut
+from portal.errors import ValidationError
 from portal.models import SessionState, SessionTransport, SupportSession, User
 from portal.queue import default_queue
 from portal.services import sessions as service
@@ -86,12 +88,47 @@ class SessionStart(RequestModel):
         description="5 to `KAIDEN_SESSION_MAX_MINUTES` (default 480); omitted: `KAIDEN_SESSION_DEFAULT_MINUTES`.",
     )
 
+    duration: int | Annotated[str, Field(max_length=16)] | None = Field(
+        None,
+        description="The same as `duration_minutes`, as whole minutes or a duration such as `90m`, `2h`, `1h30m`.",
+    )
+
     @field_validator("services")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("must not repeat a service")
         return value
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: int | str | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        if info.data.get("duration_minutes") is not None:
+            raise ValueError("give duration or duration_minutes, not both")
+        minutes = value if isinstance(value, int) else _minutes_of(value)
+        if not service.MIN_MINUTES <= minutes <= 1_000_000:
+            raise ValueError(f"must be at least {service.MIN_MINUTES} minutes")
+        return minutes
+
+    @property
+    def minutes(self) -> int | None:
+        """The requested duration in minutes, whichever field named it."""
+        return self.duration_minutes if self.duration_minutes is not None else self.duration  # type: ignore[return-value]
+
+
+_DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,6})m)?$")
+
+
+def _minutes_of(text: str) -> int:
+    match = _DURATION.match(text.strip().lower())
+    if text.strip().isdigit():
+        return int(text.strip())
+    if not match or not any(match.groups()):
+        raise ValueError("must be minutes or a duration such as 90m, 2h or 1h30m")
+    hours, minutes = (int(part or 0) for part in match.groups())
+    return hours * 60 + minutes
 
 
 class SessionAccepted(ResponseModel):
@@ -130,16 +167,21 @@ def start_session(session: Session, actor: User, ticket_id: uuid.UUID, body: Ses
     closed ticket (409 `ticket_closed`). A `session.start` operation brings it to `active` (or `failed`
     with `error_message`).
     """
-    return service.start_session(
-        session,
-        actor,
-        ticket_id,
-        body.node_id,
-        body.services,
-        body.duration_minutes,
-        settings=settings_of(current_app),
-        queue=_queue(),
-    )
+    try:
+        return service.start_session(
+            session,
+            actor,
+            ticket_id,
+            body.node_id,
+            body.services,
+            body.minutes,
+            settings=settings_of(current_app),
+            queue=_queue(),
+        )
+    except ValidationError as exc:  # name the field the request used
+        if body.duration is not None and "duration_minutes" in exc.fields:
+            exc.fields["duration"] = exc.fields.pop("duration_minutes")
+        raise
 
 
 @router.delete(

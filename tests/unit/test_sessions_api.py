@@ -152,6 +152,31 @@ def test_duration_bounds_and_default(client, db, world, settings):
     assert timedelta(minutes=4, seconds=50) < stored.expires_at - utcnow() <= timedelta(minutes=5)
 
 
+@pytest.mark.parametrize(("duration", "minutes"), [("1h30m", 90), ("2h", 120), ("45m", 45), (30, 30), ("25", 25)])
+def test_duration_as_the_issue_names_it(client, db, world, duration, minutes):
+    started = _start(client, world, duration=duration)
+    assert started.status_code == 202, started.json
+    stored = db.get(SupportSession, uuid.UUID(started.json["session"]["id"]))
+    left = stored.expires_at - utcnow()
+    assert timedelta(minutes=minutes) - timedelta(seconds=10) < left <= timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"duration": "soon"}, "must be minutes or a duration such as 90m, 2h or 1h30m"),
+        ({"duration": "2m"}, "must be at least 5 minutes"),
+        ({"duration": "9h"}, "must be at most 480"),
+        ({"duration": "1h", "duration_minutes": 60}, "give duration or duration_minutes, not both"),
+    ],
+)
+def test_bad_durations_name_the_duration_field(client, db, world, body, message):
+    refused = _start(client, world, **body)
+    assert refused.status_code == 422
+    assert message in refused.json["error"]["fields"]["duration"]
+    assert db.query(SupportSession).count() == 0  # nothing was created
+
+
 def test_node_must_be_in_the_tickets_cluster(client, db, world):
     elsewhere = _start(client, world, node_id=str(world["other_node"].id))
     assert elsewhere.status_code == 422
