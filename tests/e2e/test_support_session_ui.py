@@ -370,6 +370,15 @@ def test_engineer_runs_a_session_and_replays_it(kaiden: Portal, support: Support
     expect(customer.locator("#session-state")).to_have_text("active")
     expect(customer.locator("#terminal")).to_have_count(0)
 
+    # A second start on the same node (another tab of the engineer's) is refused, linking the open session.
+    again = browser("engineer-again")
+    _sign_in(again, kaiden, DEMO_ENGINEER[0], kaiden.password_of(DEMO_ENGINEER[0]))
+    again.goto(f"/tickets/{support.ticket_id}")
+    again.get_by_role("button", name="Start support session").click()
+    expect(again.locator("#start-session-error")).to_contain_text("open")
+    expect(again.locator("#open-session-link")).to_have_attribute("href", f"/sessions/{session_id}")
+    shot(again, "second-start-refused")
+
     # Type into the terminal; the shell's output shows in xterm's rows.
     marker = f"kaiden-{uuid.uuid4().hex[:10]}"
     terminal.click()

@@ -11,6 +11,8 @@ export class ApiError extends Error {
     this.fields = (error && error.fields) || {};
     // A busy service answers 409 naming the operation that holds it.
     this.operationId = (body && body.operation_id) || error.operation_id || null;
+    // An engineer's second session on a node answers 409 naming the open one.
+    this.sessionId = (body && body.session_id) || error.session_id || null;
   }
 }
 

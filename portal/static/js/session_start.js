@@ -23,5 +23,12 @@ form.addEventListener("submit", async (event) => {
     button.disabled = false;
     const leftover = showFieldErrors(form, err.fields);
     showAlert(alertBox, [err.message, ...leftover].join(" "));
+    if (err.sessionId) {  // the engineer's open session on that node: one click away
+      const link = document.createElement("a");
+      link.href = `/sessions/${encodeURIComponent(err.sessionId)}`;
+      link.textContent = " Open that session";
+      link.id = "open-session-link";
+      alertBox.append(link);
+    }
   }
 });
