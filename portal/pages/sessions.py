@@ -20,11 +20,8 @@ from portal import auth, settings_of
 from portal.auth import policy
 from portal.models import (
     ACTIVE_OPERATION_STATES,
-    AgentStatus,
     Cluster,
-    ClusterStatus,
     Node,
-    NodeStatus,
     Operation,
     SessionState,
     SupportSession,
@@ -100,14 +97,7 @@ def node_choices(session: Session, user: User, ticket: Ticket) -> list[NodeChoic
     nodes = session.scalars(scoped(Node, user).where(Node.cluster_id == cluster.id).order_by(Node.name))
     choices = []
     for node in nodes:
-        if cluster.status != ClusterStatus.online:
-            reason = "cluster offline"
-        elif node.status != NodeStatus.ready:
-            reason = "not ready"
-        elif node.agent_status != AgentStatus.online:
-            reason = "agent offline"
-        else:
-            reason = ""
+        reason = "; ".join(session_service.session_blockers(node, cluster))
         choices.append(
             NodeChoice(str(node.id), node.name, str(node.status), str(node.agent_status), not reason, reason)
         )

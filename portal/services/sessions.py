@@ -25,6 +25,7 @@ from portal.models import (
     ACTIVE_OPERATION_STATES,
     OPEN_SESSION_STATES,
     AgentStatus,
+    Cluster,
     ClusterStatus,
     Node,
     NodeStatus,
@@ -161,17 +162,26 @@ def _node_of_ticket(db: Session, actor: User, ticket: Ticket, node_id: uuid.UUID
     return node
 
 
-def _check_node_online(node: Node) -> None:
-    problems = []
-    if node.cluster.status != ClusterStatus.online:
-        problems.append(f"cluster {node.cluster.name} is {ClusterStatus(node.cluster.status).value}")
-    if node.status != NodeStatus.ready:
-        problems.append(f"node {node.name} is {NodeStatus(node.status).value}")
+def session_blockers(node: Node, cluster: Cluster) -> list[str]:
+    """Why a session cannot start on `node` of `cluster` right now; empty: it can. The one rule, for the API
+    and the pages: the cluster and the node's agent online, and the node not reported not-ready. A node whose
+    readiness is `unknown` with its agent online qualifies: a host outside Kubernetes (its agent is all there
+    is) or a node whose kubelet stopped reporting, which is what support is for; the agent carries the session."""
+    blockers = []
+    if cluster.status != ClusterStatus.online:
+        blockers.append(f"cluster {cluster.name} is {ClusterStatus(cluster.status).value}")
+    if node.status == NodeStatus.not_ready:
+        blockers.append(f"node {node.name} is {NodeStatus(node.status).value}")
     if node.agent_status != AgentStatus.online:
-        problems.append(f"the agent on {node.name} is {AgentStatus(node.agent_status).value}")
+        blockers.append(f"the agent on {node.name} is {AgentStatus(node.agent_status).value}")
+    return blockers
+
+
+def _check_node_online(node: Node) -> None:
+    problems = session_blockers(node, node.cluster)
     if problems:
         raise ConflictError(
-            f"A session needs a ready node with its agent and cluster online: {'; '.join(problems)}.",
+            f"A session needs a node with its agent and cluster online: {'; '.join(problems)}.",
             code="node_offline",
         )
 

@@ -95,18 +95,22 @@ def test_assigned_engineer_gets_the_start_form_with_node_states(client, db, sett
     _, _, engineer, cluster, node, ticket = _parties(db)
     _ready_node(db, cluster, name="worker-b", status=NodeStatus.not_ready)
     _ready_node(db, cluster, name="worker-c", agent_status=AgentStatus.offline)
+    # readiness unknown (a host outside Kubernetes, or a silent kubelet) with its agent online: the agent carries it
+    host = _ready_node(db, cluster, name="worker-d", status=NodeStatus.unknown)
     _signed_in(client, db, engineer)
 
     html = _html(client.get(f"/tickets/{ticket.id}"))
     form = html.split('id="start-session-form"', 1)[1].split("</form>", 1)[0]
     assert f'data-ticket-id="{ticket.id}"' in html
     options = dict(re.findall(r'<option value="([^"]*)"[^>]*?((?:disabled)?)>', form.replace("\n", " ")))
-    assert len(options) == 3
+    assert len(options) == 4
     assert options[str(node.id)] == ""  # the ready node with its agent online can be picked
+    assert options[str(host.id)] == ""
     assert list(options.values()).count("disabled") == 2
     assert "worker-a — ready · agent online" in form
-    assert "worker-b — not-ready · agent online (not ready)" in form
-    assert "worker-c — ready · agent offline (agent offline)" in form
+    assert "worker-b — not-ready · agent online (node worker-b is not-ready)" in form
+    assert "worker-c — ready · agent offline (the agent on worker-c is offline)" in form
+    assert "worker-d — unknown · agent online" in form
     assert 'value="ssh" checked' in form and 'value="web" checked' in form
     assert f'max="{settings.session_max_minutes}"' in form and f'value="{settings.session_default_minutes}"' in form
     for field in ("node_id", "services", "duration_minutes"):  # slots for the API's 422 field errors
@@ -143,7 +147,7 @@ def test_form_is_disabled_when_no_node_is_online(client, db):
     ticket = factories.make_ticket(db, cluster=cluster, assigned_to=engineer)
     _signed_in(client, db, engineer)
     form = _html(client.get(f"/tickets/{ticket.id}")).split('id="start-session-form"', 1)[1].split("</form>", 1)[0]
-    assert "(cluster offline)" in form and "No node is online" in form
+    assert f"(cluster {cluster.name} is offline)" in form and "No node is online" in form
     assert re.search(r'id="start-session-button"\s+disabled', form)
 
 

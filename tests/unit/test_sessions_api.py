@@ -207,6 +207,17 @@ def test_offline_node_is_a_409(client, db, world, target, field, value, words):
     assert response.json["error"]["code"] == "node_offline" and words in response.json["error"]["message"]
 
 
+def test_a_node_of_unknown_readiness_with_its_agent_online_takes_a_session(client, db, world):
+    """A host outside Kubernetes (reported from its agent alone) or a node whose kubelet went silent."""
+    world["node"].status = NodeStatus.unknown
+    db.commit()
+    assert _start(client, world).status_code == 202
+    world["node"].agent_status = AgentStatus.offline  # ...but never without its agent
+    db.commit()
+    refused = _start(client, world)
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "node_offline"
+
+
 def test_no_session_on_a_closed_ticket(client, db, world):
     world["ticket"].status = TicketStatus.closed
     db.commit()
