@@ -1,8 +1,10 @@
 """Benchmark of relay support sessions: keystroke → echo round trip through the gateway, the controller and the
-agent (three processes, loopback), with 1 and with N concurrent sessions, and session start latency (attach →
-`ready`), fresh shell and re-attach, one at a time and N at once.
+agent (three processes, loopback), with 1 and with N concurrent sessions, and session start latency: attach →
+`ready` (fresh shell and re-attach, one at a time and N at once) and the whole start through the API (POST →
+worker → active → attach → `ready`, with `kaiden portal` and `kaiden worker` as processes), and the end (DELETE →
+ended).
 
-    python bench/sessions.py [--sessions 50] [--keys 300] [--keys-each 40] [--think-ms 20]
+    python bench/sessions.py [--sessions 50] [--keys 300] [--keys-each 40] [--think-ms 20] [--api-starts 10]
                              [--database-url URL --redis-url URL] [--json FILE]
 
 PostgreSQL and Redis are started privately on free ports (unless URLs are given); `kaiden gateway`,
@@ -78,8 +80,10 @@ def summary(name: str, seconds: list[float], **extra: object) -> dict[str, objec
 def prepare_database(database_url: str, count: int) -> dict[str, object]:
     """Schema, one cluster with one node, one ticket, one engineer and `count` active relay sessions."""
     import portal.models  # noqa: F401
+    from portal.crypto import new_token
     from portal.db import Base, Database
     from portal.models import (
+        ApiToken,
         Cluster,
         Customer,
         Node,
@@ -106,13 +110,18 @@ def prepare_database(database_url: str, count: int) -> dict[str, object]:
         session.flush()
         node = Node(cluster_id=cluster.id, name=f"bench-node-{tag}", status=NodeStatus.ready)
         engineer = User(role=UserRole.engineer, email=f"bench-{tag}@example.test", name="Bench Engineer")
-        session.add_all([node, engineer])
+        # the engineer of the "API call → terminal ready" phase: assigned to the ticket, with a personal token
+        assignee = User(role=UserRole.engineer, email=f"bench-{tag}-api@example.test", name="Bench Assignee")
+        session.add_all([node, engineer, assignee])
         session.flush()
+        issued = new_token("kdn")
+        session.add(ApiToken(user_id=assignee.id, name="bench", token_prefix=issued.prefix, token_hash=issued.hash))
         ticket = Ticket(
             customer_id=customer.id,
             cluster_id=cluster.id,
             title="bench",
             description="bench",
+            assigned_to_id=assignee.id,
             ticket_number=allocate_ticket_number(session, utcnow()),
         )
         session.add(ticket)
@@ -136,6 +145,9 @@ def prepare_database(database_url: str, count: int) -> dict[str, object]:
             "node": node.name,
             "engineer_id": str(engineer.id),
             "sessions": [str(r.id) for r in rows],
+            "node_id": str(node.id),
+            "ticket_id": str(ticket.id),
+            "assignee_token": issued.token,
         }
     database.dispose()
     return world
@@ -386,6 +398,90 @@ async def run_phases(args, world: dict, gateway_url: str, redis, echo_url: str, 
     return results
 
 
+class PortalClient:
+    """The REST API over HTTP with a bearer token, as a script or the portal's pages call it."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base.rstrip("/")
+        self.token = token
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base}/api/v1{path}", data=data, method=method)  # noqa: S310 - http on loopback
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+async def api_start_phase(api: PortalClient, world: dict, gateway_url: str, runs: int) -> list[dict]:
+    """API call → terminal ready, one session at a time: `POST /tickets/{id}/sessions` (202), the worker's start
+    job pings the agent (→ `active`, polled every 10 ms), `POST /sessions/{id}/attach`, the WebSocket until `ready`.
+    Each session is then ended through the API (`DELETE` → `ended`, the end job closes the PTY and stores the
+    recording), timed too: one open session per node and engineer, so the next start waits for it."""
+    from websockets.asyncio.client import connect
+
+    async def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        return await asyncio.to_thread(api, method, path, body)
+
+    async def until_state(session_id: str, states: set[str]) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, body = await call("GET", f"/sessions/{session_id}")
+            if status == 200 and body["state"] in states:
+                return body["state"]
+            await asyncio.sleep(0.01)
+        raise RuntimeError(f"session {session_id} not {states} within 60 s")
+
+    totals, accepted, activated, attached, ended = [], [], [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        status, body = await call(
+            "POST", f"/tickets/{world['ticket_id']}/sessions", {"node_id": world["node_id"], "duration_minutes": 30}
+        )
+        if status != 202:
+            raise RuntimeError(f"start refused: {status} {body}")
+        t_accepted = time.perf_counter()
+        session_id = body["session"]["id"]
+        if await until_state(session_id, {"active", "failed"}) != "active":
+            raise RuntimeError(f"session {session_id} failed to start")
+        t_active = time.perf_counter()
+        status, body = await call("POST", f"/sessions/{session_id}/attach", {"cols": 80, "rows": 24})
+        if status != 201:
+            raise RuntimeError(f"attach refused: {status} {body}")
+        path = body["url"].split("/api/v1/", 1)[1]
+        async with connect(f"{gateway_url}/api/v1/{path}", open_timeout=30, ping_interval=None) as ws:
+            ready = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            t_ready = time.perf_counter()
+            if ready != {"type": "ready"}:
+                raise RuntimeError(f"expected ready, got {ready!r}")
+            totals.append(t_ready - started)
+            accepted.append(t_accepted - started)
+            activated.append(t_active - t_accepted)
+            attached.append(t_ready - t_active)
+            t_end = time.perf_counter()
+            status, body = await call("DELETE", f"/sessions/{session_id}")
+            if status != 202:
+                raise RuntimeError(f"end refused: {status} {body}")
+            await until_state(session_id, {"ended"})
+            ended.append(time.perf_counter() - t_end)
+    return [
+        summary("start via the API: POST → terminal ready (total)", totals),
+        summary("  of which POST /tickets/{id}/sessions → 202", accepted),
+        summary("  of which 202 → active (queue, worker, ping the agent)", activated),
+        summary("  of which attach → ready", attached),
+        summary("end via the API: DELETE → ended (worker, PTY closed, recording)", ended),
+    ]
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -426,7 +522,8 @@ def report(results: list[dict], args) -> None:
         f"recording chunks every {args.chunk_seconds:g} s"
     )
     print(
-        "  gateway, controller, agent, PostgreSQL, Redis and this client (all the browsers) share the machine; "
+        "  gateway, controller, agent, portal (waitress), an RQ worker, PostgreSQL, Redis and this client (all the "
+        "browsers) share the machine; "
         "every hop is loopback"
     )
 
@@ -438,6 +535,7 @@ def main() -> int:
     parser.add_argument("--keys-each", type=int, default=40, help="keystrokes per session when all type at once")
     parser.add_argument("--think-ms", type=float, default=20.0, help="pause between a session's keystrokes")
     parser.add_argument("--chunk-seconds", type=float, default=2.0, help="the agent's RECORDING_CHUNK_SECONDS")
+    parser.add_argument("--api-starts", type=int, default=10, help="sessions started and ended through the API")
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--json", type=Path)
@@ -514,6 +612,17 @@ def main() -> int:
             },
         )
         start("echo", [sys.executable, str(Path(__file__).resolve()), "--echo-server", str(echo_port)], {})
+        portal_port = free_port()
+        portal_env = {
+            "KAIDEN_HOME": str(workdir / "home"),
+            "KAIDEN_DATABASE_URL": database_url,
+            "KAIDEN_REDIS_URL": redis_url,
+            "KAIDEN_PORT": str(portal_port),
+            "KAIDEN_GATEWAY_PORT": str(gateway_port),
+            "KAIDEN_LOG_LEVEL": "WARNING",
+        }
+        start("portal", [sys.executable, "-m", "portal.cli", "portal"], portal_env)
+        start("worker", [sys.executable, "-m", "portal.cli", "worker"], portal_env)
         ping = protocol.Ping(payload=protocol.PingPayload(node_name=world["node"]))
         wait_for(
             lambda: isinstance(send_command(redis, world["cluster_id"], ping, timeout=2), protocol.Pong),
@@ -521,12 +630,17 @@ def main() -> int:
             "the agent to answer a ping through gateway and controller",
         )
         wait_for(lambda: _port_open(echo_port), 30, "the echo server")
+        wait_for(lambda: _port_open(portal_port), 60, "the portal")
         print(f"gateway :{gateway_port}, controller :{controller_port}, agent on {world['node']}: up", flush=True)
         pids = {"gateway": gateway.pid, "controller": controller.pid, "agent": agent.pid}
         results = asyncio.run(
             run_phases(args, world, f"ws://127.0.0.1:{gateway_port}", redis, f"ws://127.0.0.1:{echo_port}", pids)
         )
         results.insert(1, summary("baseline: local /bin/sh PTY echo (no relay)", pty_times))
+        if args.api_starts:
+            print(f"start via the API: {args.api_starts} sessions, one at a time …", flush=True)
+            api = PortalClient(f"http://127.0.0.1:{portal_port}", world["assignee_token"])
+            results += asyncio.run(api_start_phase(api, world, f"ws://127.0.0.1:{gateway_port}", args.api_starts))
         report(results, args)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
