@@ -335,7 +335,14 @@ class Agent:
         if isinstance(message, protocol.TerminalOpen):
             p = message.payload
             try:
-                self.terminals.open(p.session_id, p.cols, p.rows, p.record_input)
+                self.terminals.open(
+                    p.session_id,
+                    p.cols,
+                    p.rows,
+                    p.record_input,
+                    recording_seq=p.recording_seq,
+                    recording_elapsed=p.recording_elapsed,
+                )
             except TerminalError as exc:
                 self.outbox.put(self._error(message, protocol.ErrorCode.internal, str(exc)))
             else:

@@ -156,6 +156,10 @@ class TerminalOpenPayload(_Strict):
     cols: Annotated[int, Field(ge=1, le=1000)] = 80
     rows: Annotated[int, Field(ge=1, le=1000)] = 24
     record_input: bool = False  # also record keystrokes ("i" events) in the session's asciicast
+    # Where the session's recording stands in the cloud. An agent with no recorder for the session (it restarted
+    # mid-session) continues the recording from here: no second header, no seq the cloud already holds.
+    recording_seq: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    recording_elapsed: Annotated[float, Field(ge=0, le=10_000_000)] = 0.0
 
 
 class TerminalDataPayload(_Strict):
@@ -350,7 +354,7 @@ def decode(frame: str | bytes) -> _Message:
         raise ProtocolError(ErrorCode.malformed, "frame is not valid JSON") from exc
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.malformed, "frame must be a JSON object")
-    correlation = data.get("id") if isinstance(data.get("id"), str) and len(data["id"]) <= 128 else None
+    correlation = data.get("id") if isinstance(data.get("id"), str) and 1 <= len(data["id"]) <= 128 else None
     version = data.get("v")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:  # bool and lists are not versions
         supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
@@ -387,7 +391,8 @@ def agent_token(api_key: str) -> str:
 
 def error_frame(error: ProtocolError) -> str:
     """The frame that answers a refused one."""
-    return encode(Error(payload=ErrorPayload(code=error.code, message=error.message[:1000], of=error.of)))
+    of = error.of if isinstance(error.of, str) and 1 <= len(error.of) <= 128 else None  # never a second failure
+    return encode(Error(payload=ErrorPayload(code=error.code, message=error.message[:1000], of=of)))
 
 
 def decode_or_error(frame: str | bytes) -> tuple[_Message | None, str | None]:

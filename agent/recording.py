@@ -33,14 +33,18 @@ class Recorder:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         chunk_bytes: int = CHUNK_BYTES,
+        continue_at: int = 0,
+        elapsed: float = 0.0,
     ) -> None:
+        """`continue_at` > 0: this recorder continues a recording whose chunks up to `continue_at` - 1 the cloud
+        already holds (the agent restarted): no header, chunks from that seq, times from `elapsed` seconds."""
         self.session_id = session_id
         self.record_input = record_input
         self.cols, self.rows = cols, rows
-        self.seq = 0  # of the next chunk
+        self.seq = continue_at  # of the next chunk
         self.finished = False  # the final chunk was taken
         self._clock = clock
-        self._started = clock()
+        self._started = clock() - (elapsed if continue_at else 0.0)
         self._chunk_bytes = chunk_bytes
         self._lines: deque[tuple[int, str]] = deque()  # (UTF-8 size, line with its newline)
         self.pending_bytes = 0
@@ -55,7 +59,8 @@ class Recorder:
             "env": {"TERM": TERM, "SHELL": shell_path},
             "title": f"kaiden session {session_id}",
         }
-        self._append(_dumps(header))
+        if not continue_at:
+            self._append(_dumps(header))
 
     # ------------------------------------------------------------ events
 

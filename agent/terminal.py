@@ -390,8 +390,18 @@ class TerminalManager:
 
     # ------------------------------------------------------------ commands
 
-    def open(self, session_id: str, cols: int = 80, rows: int = 24, record_input: bool = False) -> bool:
-        """Make sure the session has a live shell of that size; True when one was started (TerminalError else)."""
+    def open(
+        self,
+        session_id: str,
+        cols: int = 80,
+        rows: int = 24,
+        record_input: bool = False,
+        *,
+        recording_seq: int = 0,
+        recording_elapsed: float = 0.0,
+    ) -> bool:
+        """Make sure the session has a live shell of that size; True when one was started (TerminalError else).
+        A session new to this agent continues the cloud's recording at `recording_seq` (see TerminalOpenPayload)."""
         if session_id in self._ended:
             raise TerminalError(f"session {session_id} has ended")
         session = self._sessions.get(session_id)
@@ -400,7 +410,15 @@ class TerminalManager:
             return False
         command = self._command()
         if session is None:
-            recorder = Recorder(session_id, cols, rows, record_input=record_input, shell_path=command.shell)
+            recorder = Recorder(
+                session_id,
+                cols,
+                rows,
+                record_input=record_input,
+                shell_path=command.shell,
+                continue_at=recording_seq,
+                elapsed=recording_elapsed,
+            )
             session = _Session(session_id, recorder)
         env = shell_environment(session_id, command, os.environ if self._base_env is None else self._base_env)
         try:

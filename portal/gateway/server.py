@@ -73,14 +73,14 @@ class Gateway:
         self.database = Database(settings.database_url, settings.encryption_key)
         self.stats = Stats()
         self.buffer = HeartbeatBuffer(self.database, self.stats)
-        self.hub = ControllerHub(
-            self.database, redis_url(settings), self.buffer, self.stats, RecordingStore.from_settings(settings)
-        )
+        recordings = RecordingStore.from_settings(settings)
+        self.hub = ControllerHub(self.database, redis_url(settings), self.buffer, self.stats, recordings)
         self.terminals = TerminalHub(
             self.database,
             redis_url(settings),
             record_input=settings.session_record_input,
             state_check_seconds=self.config.terminal_check_seconds,
+            recordings=recordings,
         )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent import protocol
 from portal.db import Database
-from portal.models import Node, SessionState, SupportSession
+from portal.models import Node, SessionState, SupportSession, utcnow
 from portal.services.cluster_commands import (
     ClusterUnavailable,
     CommandTimeout,
@@ -29,6 +29,7 @@ from portal.services.cluster_commands import (
     send_command_async,
     session_output_channel,
 )
+from portal.services.recordings import RecordingStore
 from portal.services.sessions import attach_key, parse_attach
 
 log = logging.getLogger("kaiden.gateway")
@@ -123,8 +124,10 @@ class TerminalHub:
         record_input: bool = False,
         state_check_seconds: float = 2.0,
         open_timeout: float = OPEN_TIMEOUT,
+        recordings: RecordingStore | None = None,
     ) -> None:
         self.database = database
+        self.recordings = recordings
         self.record_input = record_input
         self.state_check_seconds = state_check_seconds
         self.open_timeout = open_timeout
@@ -247,8 +250,23 @@ class TerminalHub:
             await self._unlisten(attachment)
             log.info("terminal of session %s detached", attachment.session_id)
 
+    def _recording_position(self, session_id: uuid.UUID) -> tuple[int, float]:
+        """The seq after the last chunk stored for the session, and the seconds since it started: where an agent
+        that restarted mid-session continues the recording (one asciicast, nothing overwritten). (0, 0) if none."""
+        if self.recordings is None:
+            return 0, 0.0
+        stored = self.recordings.chunks(session_id)
+        if not stored:
+            return 0, 0.0
+        with self.database.session() as session:
+            started = session.scalar(select(SupportSession.started_at).where(SupportSession.id == session_id))
+        # the recording began at the first terminal_open, after `started_at`: times stay increasing
+        elapsed = max(0.0, (utcnow() - started).total_seconds()) if started is not None else 0.0
+        return max(stored) + 1, round(elapsed, 6)
+
     async def _open(self, attachment: Attachment) -> None:
         """`terminal_open` to the agent (a live shell only acks and resizes); raises `OpenFailed`."""
+        seq, elapsed = await asyncio.to_thread(self._recording_position, attachment.session_id)
         message = protocol.TerminalOpen(
             payload=protocol.TerminalOpenPayload(
                 session_id=str(attachment.session_id),
@@ -256,6 +274,8 @@ class TerminalHub:
                 cols=attachment.cols,
                 rows=attachment.rows,
                 record_input=self.record_input,
+                recording_seq=seq,
+                recording_elapsed=elapsed,
             )
         )
         try:

@@ -63,31 +63,37 @@ def _setup(app, *, state: SessionState = SessionState.active, **session_fields) 
         return Setup(str(cluster.id), cluster.plain_api_key, str(row.id), str(engineer.id), node.name)
 
 
-def _start_runtime(runtime: RuntimeKit, setup: Setup, *, agent: bool = True) -> None:
-    """The real controller and agent code as tasks; the agent's sessions run /bin/sh, recordings chunk fast."""
+def _start_runtime(runtime: RuntimeKit, setup: Setup, *, agent: bool = True) -> tuple[Running, Running | None]:
+    """The real controller and agent code as tasks (returned); the agent's sessions run /bin/sh, recordings chunk
+    fast."""
     controller = runtime.controller(setup.cluster_id, setup.key)
-    if agent:
-        config = AgentConfig(
-            node_name=setup.node_name,
-            controller_url=f"ws://127.0.0.1:{controller.obj.listen_port}/agent",
-            api_key=setup.key,
-            host_root=Path("/"),
-            facts_interval=5,
-            session_shell="/bin/sh",
-            recording_chunk_seconds=0.2,
-        )
-
-        async def make() -> Running:
-            started = Agent(config)
-            stop = asyncio.Event()
-            return Running(started, stop, runtime.loop.spawn(started.run(stop)), runtime.loop)
-
-        running = runtime.loop.run(make())
-        runtime.running.append(running)
-        wait_until(lambda: running.obj.connected.is_set(), TIMEOUT, "agent connected")
+    started = _start_agent(runtime, controller, setup) if agent else None
     wait_until(
         lambda: uuid.UUID(setup.cluster_id) in runtime.gateway.gateway.hub.connections, TIMEOUT, "controller connected"
     )
+    return controller, started
+
+
+def _start_agent(runtime: RuntimeKit, controller: Running, setup: Setup) -> Running:
+    config = AgentConfig(
+        node_name=setup.node_name,
+        controller_url=f"ws://127.0.0.1:{controller.obj.listen_port}/agent",
+        api_key=setup.key,
+        host_root=Path("/"),
+        facts_interval=5,
+        session_shell="/bin/sh",
+        recording_chunk_seconds=0.2,
+    )
+
+    async def make() -> Running:
+        started = Agent(config)
+        stop = asyncio.Event()
+        return Running(started, stop, runtime.loop.spawn(started.run(stop)), runtime.loop)
+
+    running = runtime.loop.run(make())
+    runtime.running.append(running)
+    wait_until(lambda: running.obj.connected.is_set(), TIMEOUT, "agent connected")
+    return running
 
 
 def _ticket(app, setup: Setup, *, session_id: str | None = None, user_id: str | None = None) -> str:
@@ -294,6 +300,44 @@ def test_other_session_paths_are_404_at_the_handshake(gateway) -> None:
 
 
 # ---------------------------------------------------------------- recording and the end of a session
+
+
+def test_an_agent_restarted_mid_session_continues_the_same_recording(app, settings, runtime) -> None:
+    """The new agent knows nothing of the session: terminal_open tells it where the cloud's recording stands, so
+    the shell after the restart is recorded too, in the same asciicast (one header, times going on)."""
+    setup = _setup(app, started_at=utcnow())
+    controller, first = _start_runtime(runtime, setup)
+    assert first is not None
+    store = RecordingStore.from_settings(settings)
+    with _attached(app, runtime.gateway, setup) as browser:
+        browser.type("echo part-$((1 + 1000))\n")
+        browser.wait_output(r"part-1001\r?\n", "the first shell's echo")
+        wait_until(lambda: store.has(setup.session_id), TIMEOUT, "the first agent's chunks in the store")
+    first.stop()
+    before = store.chunks(setup.session_id)
+    _start_agent(runtime, controller, setup)
+    wait_until(lambda: setup.node_name in _live_agents(controller), TIMEOUT, "the new agent at the controller")
+    with _attached(app, runtime.gateway, setup) as browser:
+        browser.type("echo part-$((2 + 1000))\n")
+        browser.wait_output(r"part-1002\r?\n", "the new shell's echo")
+        close = protocol.TerminalClose(payload=protocol.TerminalClosePayload(session_id=setup.session_id))
+        assert isinstance(send_command(redis_of(app), setup.cluster_id, close, timeout=TIMEOUT), protocol.Ack)
+        wait_until(lambda: _row(app, setup.session_id).recording_url is not None, TIMEOUT, "the final chunk")
+    chunks = store.chunks(setup.session_id)
+    assert chunks[: len(before)] == before and len(chunks) > len(before)  # continued, nothing overwritten
+    assert chunks == list(range(len(chunks)))
+    lines = store.read(setup.session_id).decode().splitlines()
+    assert json.loads(lines[0])["version"] == 2
+    events = [json.loads(line) for line in lines[1:]]
+    assert all(isinstance(event, list) for event in events)  # exactly one header
+    times = [event[0] for event in events]
+    assert times == sorted(times)
+    output = "".join(text for _, code, text in events if code == "o")
+    assert "part-1001" in output and "part-1002" in output
+
+
+def _live_agents(controller: Running) -> set[str]:
+    return {name for name, state in controller.obj.agents.items() if state.link is not None}
 
 
 def test_recording_chunks_land_in_the_store_and_the_final_one_sets_the_url(app, settings, runtime) -> None:

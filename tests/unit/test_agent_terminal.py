@@ -345,6 +345,41 @@ def test_recorder_events_times_and_chunks() -> None:
     assert recorder.pending_bytes == 0
 
 
+def test_a_recorder_continuing_the_clouds_recording_has_no_header_and_goes_on_in_seq_and_time() -> None:
+    """An agent restarted mid-session: terminal_open says where the cloud's recording stands."""
+    clock = Clock()
+    recorder = Recorder("s9", 80, 24, clock=clock, continue_at=7, elapsed=300.0)
+    clock.now += 2.5
+    recorder.output(b"back\r\n")
+    chunk = recorder.take_chunk(final=True)
+    assert chunk is not None and (chunk.seq, chunk.final) == (7, True)
+    lines = [json.loads(line) for line in chunk.data.splitlines()]
+    assert lines == [[302.5, "o", "back\r\n"]]  # an event line first: the header is in chunk 0 already
+
+
+def test_a_session_new_to_the_agent_continues_the_recording_from_terminal_open() -> None:
+    async def scenario() -> None:
+        wire = Wire().start()
+        manager = TerminalManager(wire.outbox, command=lambda: SH, chunk_seconds=60)
+        try:
+            assert manager.open("s-cont", recording_seq=4, recording_elapsed=12.0) is True
+            recorder = manager.recorder("s-cont")
+            assert recorder is not None and recorder.seq == 4
+            # a live shell keeps its recorder: the values only matter to a session the agent does not know
+            assert manager.open("s-cont", recording_seq=99, recording_elapsed=500.0) is False
+            assert manager.recorder("s-cont") is recorder and recorder.seq == 4
+            await manager.close("s-cont")
+            await wire.settle()
+            chunks = wire.of(protocol.RecordingChunk, "s-cont")
+            assert [c.payload.seq for c in chunks] == [4] and chunks[0].payload.final
+            assert not chunks[0].payload.data.startswith('{"version"')  # no second header
+        finally:
+            await manager.close_all()
+            await wire.stop()
+
+    run(scenario)
+
+
 def test_recorder_decodes_a_character_split_across_reads() -> None:
     recorder = Recorder("s", 80, 24, record_input=True)
     euro, smile = "€".encode(), "😀".encode()

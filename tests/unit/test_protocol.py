@@ -200,3 +200,13 @@ def test_mutated_messages_are_handled(message: p._Message, data) -> None:
     else:
         target[key] = data.draw(json_values)
     _assert_handled(json.dumps(frame))
+
+
+@pytest.mark.parametrize("correlation", ["", "x" * 129, 7, None])
+def test_an_unusable_id_is_not_echoed_and_never_breaks_the_error_frame(correlation) -> None:
+    """Found by hypothesis: `"id": ""` on a refused frame made building the error frame itself fail."""
+    frame = json.dumps({"v": 1, "type": "ping", "id": correlation, "payload": {"node_name": 5}})
+    message, error = p.decode_or_error(frame)
+    assert message is None and error is not None
+    reply = p.decode(error)
+    assert isinstance(reply, p.Error) and reply.payload.code == p.ErrorCode.invalid and reply.payload.of is None
