@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, stream_with_context
 
 from portal import database_of, redis_of
-from portal.jobs.cloud import CHANNEL
+from portal.jobs.common import CHANNEL
 from portal.models import Operation
 from portal.services import operations as operations_service
 

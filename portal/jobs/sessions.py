@@ -24,7 +24,7 @@ from agent import protocol
 from portal.db import Database
 from portal.errors import KaidenError, NotFound
 from portal.infra import engine
-from portal.jobs.cloud import Reporter, _StackLock, current_settings, publish
+from portal.jobs.common import Reporter, StackLock, current_settings, publish
 from portal.models import (
     Operation,
     OperationState,
@@ -350,7 +350,7 @@ def _reveal(value: Any) -> Any:
 
 def _start_cloudflare(ctx: JobContext) -> str:
     snap = ctx.snap
-    with _StackLock(ctx.connection, snap.stack, wait=None):
+    with StackLock(ctx.connection, snap.stack, wait=None):
         try:
             return _apply_and_open_tunnel(ctx)
         except Exception:
@@ -548,7 +548,7 @@ def _end_cloudflare(ctx: JobContext, notes: list[str]) -> None:
         notes.append(f"the agent did not answer within {COMMAND_TIMEOUT:g} s")
     ctx.reporter.phase(30, 85, {})
     ctx.step(30, "removing the tunnel, DNS record and Access policy")
-    with _StackLock(ctx.connection, snap.stack, wait=STACK_LOCK_WAIT):
+    with StackLock(ctx.connection, snap.stack, wait=STACK_LOCK_WAIT):
         _destroy_stack(ctx)
 
 

@@ -14,9 +14,9 @@ log = logging.getLogger("kaiden.worker")
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     """Work the Kaiden queues until stopped (or until empty with `burst`). Returns RQ's result."""
-    from portal.jobs import cloud
+    from portal.jobs import common
 
-    cloud.configure(settings)  # jobs run in forked children and inherit these settings
+    common.configure(settings)  # jobs run in forked children and inherit these settings
     connection = connect(settings)
     worker = Worker(list(QUEUE_NAMES), connection=connection)
     log.info("worker %s listening on %s", worker.name, ", ".join(QUEUE_NAMES))

@@ -372,7 +372,7 @@ def _ambient_queue() -> Queue:
         from portal import redis_of, settings_of
 
         return default_queue(settings_of(current_app), redis_of(current_app))
-    from portal.jobs.cloud import current_settings
+    from portal.jobs.common import current_settings
 
     return default_queue(current_settings())
 

@@ -11,7 +11,7 @@ import pytest
 from portal import database_of
 from portal.errors import ConflictError
 from portal.infra.engine import Progress
-from portal.jobs import cloud
+from portal.jobs import cloud, common
 from portal.queue import connect, default_queue
 from portal.tenancy import new_operation
 from tests import factories
@@ -86,8 +86,8 @@ def test_reporter_maps_engine_progress_into_its_phase_and_publishes(app, db, set
     db.commit()
     connection = connect(settings)
     pubsub = connection.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(cloud.CHANNEL.format(id=operation.id))
-    reporter = cloud.Reporter(database_of(app), connection, str(operation.id))
+    pubsub.subscribe(common.CHANNEL.format(id=operation.id))
+    reporter = common.Reporter(database_of(app), connection, str(operation.id))
     reporter.phase(15, 95, {"release": "paas-ws-acme-cache"})
     urn = "urn:pulumi:svc::kaiden::kubernetes:helm.sh/v3:Release::release"
     reporter.callback(
@@ -115,11 +115,11 @@ def test_reporter_maps_engine_progress_into_its_phase_and_publishes(app, db, set
 def test_a_busy_stack_lock_is_a_conflict(settings):
     connection = connect(settings)
     name = f"svc-test-{uuid.uuid4().hex[:6]}"
-    with cloud._StackLock(connection, name, wait=None):
-        with pytest.raises(ConflictError) as caught, cloud._StackLock(connection, name, wait=None):
+    with common.StackLock(connection, name, wait=None):
+        with pytest.raises(ConflictError) as caught, common.StackLock(connection, name, wait=None):
             pass
         assert caught.value.code == "stack_locked"
-    with cloud._StackLock(connection, name, wait=None):  # released: free again
+    with common.StackLock(connection, name, wait=None):  # released: free again
         pass
 
 

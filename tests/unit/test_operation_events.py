@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from portal.jobs import cloud
+from portal.jobs import common
 from portal.models import OperationState, WorkspaceRole
 from portal.queue import connect
 from tests import factories
@@ -48,15 +48,15 @@ def test_running_operation_relays_published_progress_until_end(client, db, as_us
     operation, viewer, _ = _world(db, as_user)
     connection = connect(settings)
 
-    channel = cloud.CHANNEL.format(id=operation.id)
+    channel = common.CHANNEL.format(id=operation.id)
 
     def publish_later() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not connection.pubsub_numsub(channel)[0][1]:
             time.sleep(0.05)  # the stream subscribes when the client starts reading
         step = {"progress": 50, "done": 1, "total": 2, "step": "creating Release x"}
-        cloud.publish(connection, str(operation.id), "progress", step)
-        cloud.publish(connection, str(operation.id), "end", {"state": "succeeded", "error": None})
+        common.publish(connection, str(operation.id), "progress", step)
+        common.publish(connection, str(operation.id), "end", {"state": "succeeded", "error": None})
 
     thread = threading.Thread(target=publish_later)
     thread.start()
