@@ -198,11 +198,24 @@ def test_shell_exit_is_reported_and_the_next_open_starts_a_new_shell_in_the_same
     run(scenario)
 
 
+def _terminal_fds() -> set[str]:
+    """This process's open PTY masters, terminals and pidfds (other threads' sockets and files do not count)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target in ("/dev/ptmx", "anon_inode:[pidfd]") or target.startswith("/dev/pts/"):
+            found.add(f"{fd}:{target}")
+    return found
+
+
 def test_close_ends_the_shell_and_the_recording() -> None:
     async def scenario() -> None:
         wire = Wire().start()
         terminals = TerminalManager(wire.outbox, command=lambda: SH, chunk_seconds=3600)
-        fds = set(os.listdir("/proc/self/fd"))
+        fds = _terminal_fds()
         try:
             terminals.open("s1", 80, 24)
             terminals.write("s1", b"echo pid=$$\n")
@@ -222,7 +235,7 @@ def test_close_ends_the_shell_and_the_recording() -> None:
             await terminals.close("s1")  # idempotent
             assert len(wire.of(protocol.RecordingChunk, "s1")) == len(chunks)
             await terminals.close_all()
-            assert set(os.listdir("/proc/self/fd")) <= fds  # PTY and pidfd closed
+            assert _terminal_fds() <= fds  # PTY and pidfd closed
         finally:
             await terminals.close_all()
             await wire.stop()

@@ -125,7 +125,7 @@ class AgentWire:
 
 
 def test_tunnel_ready_then_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kaiden.agent")  # its own level: earlier tests may have set "kaiden"
     binary = fake_cloudflared(tmp_path)
 
     async def scenario() -> None:
@@ -185,7 +185,7 @@ def test_missing_binary_is_a_tunnel_error_naming_it(tmp_path: Path) -> None:
 def test_early_exit_is_a_tunnel_error_with_its_last_line_redacted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kaiden.agent")  # its own level: earlier tests may have set "kaiden"
     binary = fake_cloudflared(tmp_path, mode="fail")
 
     async def scenario() -> None:
