@@ -8,14 +8,9 @@ repo) for CI to keep; every step asserts on what the page shows.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,70 +18,22 @@ from pathlib import Path
 import pytest
 
 from portal.demo import DEMO_CUSTOMER_USER, DEMO_WORKSPACE
-from tests.e2e.test_embedded_up import BROWSER_ARGS, CHROMIUM, Portal, _free_port, _wait_http
+from tests.e2e.harness import Shots, artifacts_dir, kaiden_up
+from tests.e2e.test_embedded_up import BROWSER_ARGS, CHROMIUM, Portal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 APP = "Redis"  # from the catalog: small chart, one required password
 DEPLOY_TIMEOUT_MS = 8 * 60 * 1000  # a cold first `pulumi up` (plugins, workspace stack, release) on 2 shared cores
 STEP_TIMEOUT_MS = 20_000
 
 
-def _artifacts_dir() -> Path:
-    path = Path(os.environ.get("KAIDEN_ARTIFACTS_DIR") or REPO / "test-artifacts" / "e2e")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kaiden(tmp_path_factory: pytest.TempPathFactory, toolchain: Path) -> Iterator[Portal]:
     """`kaiden up` with its local simulated cluster, on a fresh data dir; stopped (cluster too) at the end."""
-    home = tmp_path_factory.mktemp("cloud-ui") / "kaiden-home"
-    port, gateway_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
-    env.update(KAIDEN_HOME=str(home), KAIDEN_PORT=str(port), KAIDEN_GATEWAY_PORT=str(gateway_port))
-    kaiden_bin = Path(sys.executable).with_name("kaiden")
-    log_path = home.parent / "kaiden-up.log"
-    log = open(log_path, "w")  # closed in finally; the processes write to it
-    proc = subprocess.Popen([str(kaiden_bin), "up"], env=env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-    portal = Portal(url="", home=home, gateway_port=gateway_port)
-    drain = None
-    try:
-        deadline = time.monotonic() + 300  # the cluster starts before the portal
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            portal.output.append(line.rstrip())
-            match = re.search(r"Kaiden is up: (http://\S+)", line)
-            if match:
-                portal.url = match.group(1)
-                break
-        assert portal.url, "kaiden up never printed its URL:\n" + "\n".join(portal.output)
+    with kaiden_up(tmp_path_factory.mktemp("cloud-ui") / "kaiden-home") as portal:
         assert any(line.startswith("cluster: kaiden-local at ") for line in portal.output), portal.output
-        # Keep draining stdout (the worker logs there too): a full pipe would block it mid-deploy.
-        drain = threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True)
-        drain.start()
-        _wait_http(portal.url + "login")
         yield portal
-    finally:
-        proc.send_signal(signal.SIGTERM)  # its handler stops the worker, gateway and cluster
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if drain is not None:
-            drain.join(timeout=10)
-        log.close()
-        (_artifacts_dir() / "kaiden-up.log").write_text(log_path.read_text(errors="replace")[-200_000:])
-
-
-def _drain(stream, sink) -> None:
-    for line in stream:
-        sink.write(line)
-        sink.flush()
 
 
 @pytest.fixture()
@@ -104,24 +51,10 @@ def page(kaiden: Portal, request: pytest.FixtureRequest):
         try:
             yield page
         finally:
-            (_artifacts_dir() / f"{request.node.name}.console.log").write_text("\n".join(console))
-            page.screenshot(path=str(_artifacts_dir() / f"{request.node.name}-last.png"), full_page=True)
+            (artifacts_dir() / f"{request.node.name}.console.log").write_text("\n".join(console))
+            page.screenshot(path=str(artifacts_dir() / f"{request.node.name}-last.png"), full_page=True)
             browser.close()
         assert not [line for line in console if line.startswith("pageerror")], console
-
-
-class Shots:
-    """Numbered screenshots of one test, so the steps read in order in the artifacts folder."""
-
-    def __init__(self, page, name: str) -> None:
-        self.page, self.name, self.count = page, name, 0
-
-    def __call__(self, step: str) -> Path:
-        self.count += 1
-        path = _artifacts_dir() / f"{self.name}-{self.count:02d}-{step}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        assert path.stat().st_size > 0
-        return path
 
 
 def _sign_in(page, kaiden: Portal) -> None:
@@ -143,7 +76,7 @@ def _api_get(page, path: str) -> dict:
 def test_marketplace_to_running_service_and_delete(kaiden: Portal, page) -> None:
     from playwright.sync_api import expect
 
-    shot = Shots(page, "cloud-services")
+    shot = functools.partial(Shots("cloud-services"), page)
     _sign_in(page, kaiden)
     workspace_name = DEMO_WORKSPACE[0]
 
@@ -295,7 +228,7 @@ def test_subdomain_is_checked_as_you_type_and_the_server_decides(kaiden: Portal,
     """An app with a web UI: subdomain derived and checked live; the server refuses a reserved one."""
     from playwright.sync_api import expect
 
-    shot = Shots(page, "subdomain-check")
+    shot = functools.partial(Shots("subdomain-check"), page)
     _sign_in(page, kaiden)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Marketplace").click()
     page.get_by_label("Search apps").fill("grafana")

@@ -15,10 +15,8 @@ import http.cookiejar
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,75 +29,25 @@ from pathlib import Path
 import pytest
 
 from portal.demo import DEMO_CUSTOMER, DEMO_CUSTOMER_USER, DEMO_ENGINEER
+from tests.e2e.harness import REPO, Shots, artifacts_dir, kaiden_up
 from tests.e2e.test_embedded_up import BROWSER_ARGS, CHROMIUM, Portal, _free_port, _wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 ADMIN_EMAIL = "admin@kaiden.example"
 STEP_TIMEOUT_MS = 20_000
 SESSION_TIMEOUT_MS = 90_000  # start (worker → ping the agent) or end (terminal_close, last recording chunk)
 ONLINE_TIMEOUT_S = 90
 
 
-def _artifacts_dir() -> Path:
-    path = Path(os.environ.get("KAIDEN_ARTIFACTS_DIR") or REPO / "test-artifacts" / "e2e")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _drain(stream, sink) -> None:
-    for line in stream:
-        sink.write(line)
-        sink.flush()
-
-
 @pytest.fixture(scope="module")
 def kaiden(tmp_path_factory: pytest.TempPathFactory, toolchain: Path) -> Iterator[Portal]:
     """`kaiden up` with its local simulated cluster, on a fresh data dir; stopped (cluster too) at the end."""
     home = tmp_path_factory.mktemp("support-ui") / "kaiden-home"
-    port, gateway_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIDEN_")}
-    env.update(
-        KAIDEN_HOME=str(home),
-        KAIDEN_PORT=str(port),
-        KAIDEN_GATEWAY_PORT=str(gateway_port),
-        KAIDEN_HEARTBEAT_INTERVAL="2",  # the controller below heartbeats every second
-    )
-    kaiden_bin = Path(sys.executable).with_name("kaiden")
-    log_path = home.parent / "kaiden-up.log"
-    log = open(log_path, "w")  # closed in finally; the processes write to it
-    proc = subprocess.Popen([str(kaiden_bin), "up"], env=env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-    portal = Portal(url="", home=home, gateway_port=gateway_port)
-    drain = None
-    try:
-        deadline = time.monotonic() + 300  # the cluster starts before the portal
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            portal.output.append(line.rstrip())
-            match = re.search(r"Kaiden is up: (http://\S+)", line)
-            if match:
-                portal.url = match.group(1)
-                break
-        assert portal.url, "kaiden up never printed its URL:\n" + "\n".join(portal.output)
-        drain = threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True)
-        drain.start()
-        _wait_http(portal.url + "login")
-        _wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+    # the controller below heartbeats every second
+    with kaiden_up(home, env={"KAIDEN_HEARTBEAT_INTERVAL": "2"}, log_name="support-kaiden-up.log") as portal:
+        _wait_http(f"http://127.0.0.1:{portal.gateway_port}/healthz")
         yield portal
-    finally:
-        proc.send_signal(signal.SIGTERM)  # its handler stops the worker, gateway and cluster
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if drain is not None:
-            drain.join(timeout=10)
-        log.close()
-        (_artifacts_dir() / "support-kaiden-up.log").write_text(log_path.read_text(errors="replace")[-200_000:])
 
 
 def _admin_password(portal: Portal) -> str:
@@ -198,7 +146,7 @@ def support(kaiden: Portal) -> Iterator[SupportSetup]:
     core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     node_name = sorted(n.metadata.name for n in core.list_node().items)[0]
     controller_port = _free_port()
-    logs = _artifacts_dir()
+    logs = artifacts_dir()
     children = [
         _start(
             "agent.controller",
@@ -287,25 +235,11 @@ def browser(kaiden: Portal, request: pytest.FixtureRequest):
         try:
             yield open_page
         finally:
-            (_artifacts_dir() / f"{request.node.name}.console.log").write_text("\n".join(console))
+            (artifacts_dir() / f"{request.node.name}.console.log").write_text("\n".join(console))
             for who, page in pages:
-                page.screenshot(path=str(_artifacts_dir() / f"{request.node.name}-{who}-last.png"), full_page=True)
+                page.screenshot(path=str(artifacts_dir() / f"{request.node.name}-{who}-last.png"), full_page=True)
             instance.close()
         assert not [line for line in console if " pageerror: " in line], console
-
-
-class Shots:
-    """Numbered screenshots of one test, so the steps read in order in the artifacts folder."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.count = name, 0
-
-    def __call__(self, page, step: str) -> Path:
-        self.count += 1
-        path = _artifacts_dir() / f"{self.name}-{self.count:02d}-{step}.png"
-        page.screenshot(path=str(path), full_page=True)
-        assert path.stat().st_size > 0
-        return path
 
 
 def _sign_in(page, kaiden: Portal, email: str, password: str) -> None:
