@@ -93,6 +93,19 @@ def write_secret_file(directory: Path, name: str, content: str) -> Path:
     return path
 
 
+def _stdout_tail(runner: Any, secrets: list[str], lines: int = 5) -> str:
+    """Ansible's error lines (or its last lines), redacted; best effort: the artifacts may be gone."""
+    try:
+        with runner.stdout as handle:
+            text = handle.read()[-20_000:]
+    except Exception:  # diagnostics only: the artifacts may be gone
+        return ""
+    found = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in found if line.startswith(("ERROR", "[ERROR]", "fatal:"))]
+    kept = errors[-lines:] or found[-lines:]  # ansible's error lines say why; else its last lines
+    return redact(" | ".join(kept), secrets)[:2000]
+
+
 def _message(result: dict[str, Any]) -> str:
     if result.get("censored"):
         return "output hidden (no_log)"
@@ -183,5 +196,12 @@ def run_playbook(
         cmdline="--check" if check else None,
     )
     if runner.status != "successful" and failure is None:
-        failure = f"the playbook ended with status {runner.status} (exit {runner.rc})"
+        # no task failed: ansible itself stopped (killed, crashed, refused its input); its last words say why
+        exit_text = "killed by a signal" if runner.rc is None else f"exit {runner.rc}"
+        failure = (
+            f"the playbook ended with status {runner.status} ({exit_text}) after {started} of {total} tasks started"
+        )
+        tail = _stdout_tail(runner, secrets)
+        if tail:
+            failure += f"; last output: {tail}"
     return PlaybookResult(status=runner.status, rc=runner.rc, stats=stats, failure=failure)
