@@ -19,13 +19,10 @@ from sqlalchemy.orm import Session
 from portal import auth, settings_of
 from portal.auth import policy
 from portal.models import (
-    ACTIVE_OPERATION_STATES,
     Cluster,
     Node,
-    Operation,
     SessionState,
     SupportSession,
-    TargetType,
     Ticket,
     TicketStatus,
     User,
@@ -121,21 +118,6 @@ def start_form_context(session: Session, user: User, ticket: Ticket) -> dict:
 # ---------------------------------------------------------------- the session page
 
 
-def _open_operation(session: Session, user: User, support_session: SupportSession) -> Operation | None:
-    """The session's queued or running operation (start or end), newest first."""
-    stmt = (
-        scoped(Operation, user)
-        .where(
-            Operation.target_type == TargetType.session,
-            Operation.target_id == support_session.id,
-            Operation.state.in_(ACTIVE_OPERATION_STATES),
-        )
-        .order_by(Operation.created_at.desc())
-        .limit(1)
-    )
-    return session.scalars(stmt).first()
-
-
 @blueprint.route("/sessions/<uuid:session_id>")
 @auth.login_required
 def session_detail(session_id: uuid.UUID) -> str:
@@ -155,7 +137,7 @@ def session_detail(session_id: uuid.UUID) -> str:
         node=support_session.node,
         engineer=support_session.engineer,
         state=str(state),
-        operation=_open_operation(session, user, support_session),
+        operation=session_service.active_operation(session, support_session),
         starting=state in (SessionState.requested, SessionState.starting),
         watched=state in WATCHED_STATES,
         show_terminal=policy.can_attach(user, support_session) and state == SessionState.active,
