@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
@@ -43,3 +45,25 @@ def run_under_mocks(program: Callable[[], None], mocks: pulumi.runtime.Mocks) ->
         return pulumi.Output.from_input(None)
 
     _program()
+
+
+async def eventually(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Inside a loop: poll until `predicate()` is truthy and return its value; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_async(scenario: Callable[[], Awaitable[None]], timeout: float = 120) -> None:
+    """Run `scenario` on a private loop. Not `asyncio.run`: that leaves the thread with no current loop, and
+    the Pulumi-mock tests that run later in this process need the implicit one."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), timeout))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,11 @@ from agent.terminal import (
     shell_command,
     shell_environment,
 )
+from tests.support import eventually
+from tests.support import run_async as run
 
 TIMEOUT = 30.0  # generous: a loaded 2-core machine
 SH = ShellCommand(("/bin/sh", "-l"), "/bin/sh", False)
-
-
-async def eventually(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Poll until `predicate()` is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Wire:
@@ -86,17 +76,6 @@ class Wire:
         chunks = self.of(protocol.RecordingChunk, session_id)
         assert [c.payload.seq for c in chunks] == list(range(len(chunks)))
         return "".join(c.payload.data for c in chunks)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """Run `scenario` on a private loop. Not `asyncio.run`: that leaves the thread with no current loop, and
-    the Pulumi-mock tests that run later in this process need the implicit one."""
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(), 120))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def marker() -> tuple[bytes, bytes]:

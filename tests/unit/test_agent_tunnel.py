@@ -7,8 +7,7 @@ import base64
 import json
 import logging
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import pytest
 from agent import protocol
 from agent.agent import Agent, AgentConfig
 from agent.tunnel import REDACTED, TunnelManager, TunnelStartError, redact
+from tests.support import eventually
+from tests.support import run_async as run
 
 TIMEOUT = 30.0
 SECRET = base64.b64encode(b"s" * 32).decode()
@@ -55,27 +56,6 @@ def fake_cloudflared(directory: Path, mode: str = "ready") -> Path:
     path.write_text(FAKE.format(python=sys.executable, mode=mode))
     path.chmod(0o755)
     return path
-
-
-async def eventually(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """Run `scenario` on a private loop. Not `asyncio.run`: that leaves the thread with no current loop, and
-    the Pulumi-mock tests that run later in this process need the implicit one."""
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(), 120))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def _start(session_id: str = "s-1", hostname: str | None = "sess-1.support.example", command_id: str = "t-1"):
